@@ -1,0 +1,74 @@
+"""Converted-model bundles on disk: an orbax checkpoint of the variables plus a `model.json`.
+
+    <dir>/model.json   {"kind": "generator", "config": {...}, "format": 1}
+    <dir>/variables/   orbax StandardCheckpointer tree
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+
+from gangealing_jax.convert.state_dict import CheckpointError
+
+BUNDLE_FORMAT = 1
+
+
+def save_bundle(directory: str | os.PathLike, kind: str, config: dict, variables) -> pathlib.Path:
+    import orbax.checkpoint as ocp
+
+    directory = pathlib.Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / "variables"
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tree = _to_numpy_tree(variables)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(target, tree)
+    meta = {"kind": kind, "config": config, "format": BUNDLE_FORMAT}
+    tmp = directory / "model.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp.replace(directory / "model.json")
+    return directory
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    return (pathlib.Path(path) / "model.json").is_file()
+
+
+def load_bundle(directory: str | os.PathLike, kind: str | None = None) -> tuple[dict, dict]:
+    """(config dict, variables) of a bundle; checks its kind when `kind` is given."""
+    import orbax.checkpoint as ocp
+
+    directory = pathlib.Path(directory).absolute()
+    meta_path = directory / "model.json"
+    if not meta_path.is_file():
+        raise CheckpointError(
+            f"{directory}: not a converted model directory (no model.json); convert a reference "
+            "checkpoint with `python -m gangealing_jax.convert IN.pt OUT_DIR`"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{meta_path}: corrupt model.json ({err})") from err
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"{directory}: holds a '{meta.get('kind')}', expected a '{kind}'")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            variables = ckptr.restore(directory / "variables")
+    except Exception as err:
+        raise CheckpointError(
+            f"{directory / 'variables'}: could not restore the weights ({type(err).__name__}: {err})"
+        ) from err
+    return meta["config"], variables
+
+
+def _to_numpy_tree(tree):
+    if isinstance(tree, dict):
+        return {k: _to_numpy_tree(v) for k, v in tree.items()}
+    return np.asarray(tree)
