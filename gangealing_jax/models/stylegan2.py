@@ -243,3 +243,10 @@ class Generator(nn.Module):
         """z (N, style_dim) -> image (N, size, size, 3)."""
         w = self.map(z)
         return self.synthesize(broadcast_w(w, self.config.n_latent), noise_mode, noises)
+
+
+def mean_latent(generator: Generator, variables, key: jax.Array, num_samples: int = 4096):
+    """Average w over `num_samples` mapped Gaussian z: the usual truncation centre, (1, style_dim)."""
+    z = jax.random.normal(key, (num_samples, generator.config.style_dim))
+    w = generator.apply(variables, z, method=Generator.map)
+    return jnp.mean(w, axis=0, keepdims=True)

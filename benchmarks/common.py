@@ -1,0 +1,47 @@
+"""Shared timing helpers for the benchmark scripts (each prints one JSON line per case)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+
+
+def device_summary() -> dict:
+    devices = jax.devices()
+    return {"backend": jax.default_backend(), "devices": len(devices), "device": devices[0].device_kind}
+
+
+def flops_of(compiled) -> float | None:
+    """FLOPs per call from XLA's cost analysis (None where the backend gives none)."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:
+        return None
+    if isinstance(analysis, list):
+        analysis = analysis[0] if analysis else {}
+    flops = (analysis or {}).get("flops")
+    return float(flops) if flops else None
+
+
+def time_compiled(fn, args, *, min_seconds: float = 2.0, min_iters: int = 3):
+    """Compile `fn` for `args`, then time calls until both minimums are met.
+
+    Returns (seconds per call, compile seconds, flops per call).
+    """
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    jax.block_until_ready(compiled(*args))  # warm-up
+    iters, elapsed = 0, 0.0
+    start = time.perf_counter()
+    while iters < min_iters or elapsed < min_seconds:
+        jax.block_until_ready(compiled(*args))
+        iters += 1
+        elapsed = time.perf_counter() - start
+    return elapsed / iters, compile_s, flops_of(compiled)
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)

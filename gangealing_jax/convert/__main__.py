@@ -1,0 +1,41 @@
+"""Convert a reference checkpoint into converted-model bundles.
+
+    python -m gangealing_jax.convert IN.pt OUT_DIR [--modules g_ema,t_ema]
+
+Writes one bundle per module found (`OUT_DIR/g_ema`, `OUT_DIR/t_ema`, ...), each loadable with
+`load_generator(OUT_DIR)`, `load_stn(OUT_DIR)`, etc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gangealing_jax.convert.convert_checkpoint import convert_checkpoint
+from gangealing_jax.convert.state_dict import CheckpointError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gangealing_jax.convert", description=__doc__.split("\n")[1])
+    parser.add_argument("checkpoint", help="reference checkpoint (.pt, or .npz with the same keys)")
+    parser.add_argument("out_dir", help="output directory for the converted bundles")
+    parser.add_argument(
+        "--modules",
+        default="",
+        help="comma-separated modules to convert (default: every known module present)",
+    )
+    parser.add_argument("--lr-mlp", type=float, default=0.01, help="generator mapping lr multiplier")
+    args = parser.parse_args(argv)
+    modules = [m for m in args.modules.split(",") if m] or None
+    try:
+        written = convert_checkpoint(args.checkpoint, args.out_dir, modules, lr_mlp=args.lr_mlp)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for module, (kind, directory) in written.items():
+        print(f"{module}: {kind} -> {directory}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Convert every known module of a reference checkpoint into bundles (see convert/__main__)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+
+from gangealing_jax.convert.bundle import save_bundle
+from gangealing_jax.convert.state_dict import CheckpointError, module_state, read_checkpoint
+from gangealing_jax.convert.stylegan2 import (
+    config_to_dict,
+    discriminator_variables_from_state,
+    generator_variables_from_state,
+)
+
+GENERATOR_MODULES = ("g_ema", "g")
+DISCRIMINATOR_MODULES = ("d",)
+STN_MODULES = ("t_ema", "t")
+
+
+def _stn_converter():
+    # The STN converter lives beside this one; imported lazily so generator-only use stays light.
+    return importlib.import_module("gangealing_jax.convert.stn")
+
+
+def convert_checkpoint(path, out_dir, modules=None, lr_mlp: float = 0.01) -> dict:
+    """Convert `modules` (default: all known ones present) -> {module: (kind, bundle dir)}."""
+    path = os.fspath(path)
+    flat = read_checkpoint(path)
+    present = sorted({k.split("/", 1)[0] for k in flat if "/" in k})
+    known = GENERATOR_MODULES + DISCRIMINATOR_MODULES + STN_MODULES
+    if modules is None:
+        modules = [m for m in present if m in known]
+        if not modules:
+            raise CheckpointError(
+                f"{path}: no known modules (found: {', '.join(present) or 'none'}; "
+                f"known: {', '.join(known)})"
+            )
+    written = {}
+    for module in modules:
+        state = module_state(flat, module, path)
+        target = pathlib.Path(out_dir) / module
+        if module in GENERATOR_MODULES:
+            config, variables = generator_variables_from_state(state, path, lr_mlp)
+            kind = "generator"
+            config_dict = config_to_dict(config)
+        elif module in DISCRIMINATOR_MODULES:
+            config, variables = discriminator_variables_from_state(state, path)
+            kind = "discriminator"
+            config_dict = config_to_dict(config)
+        elif module in STN_MODULES:
+            stn = _stn_converter()
+            config, variables = stn.stn_variables_from_state(state, path)
+            kind = "stn"
+            config_dict = stn.stn_config_to_dict(config)
+        else:
+            raise CheckpointError(f"{path}: don't know how to convert module '{module}'")
+        save_bundle(target, kind, config_dict, variables)
+        written[module] = (kind, str(target))
+    return written
