@@ -10,7 +10,11 @@ import jax
 
 def device_summary() -> dict:
     devices = jax.devices()
-    return {"backend": jax.default_backend(), "devices": len(devices), "device": devices[0].device_kind}
+    return {
+        "backend": jax.default_backend(),
+        "devices": len(devices),
+        "device": devices[0].device_kind,
+    }
 
 
 def flops_of(compiled) -> float | None:

@@ -1,6 +1,6 @@
 """Generator throughput: images/s for mapping + synthesis, and achieved FLOP/s.
 
-    python benchmarks/generator.py [--sizes 32,64,256] [--batch 8] [--seconds 2]
+python benchmarks/generator.py [--sizes 32,64,256] [--batch 8] [--seconds 2]
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ def run(size: int, batch: int, seconds: float, style_dim: int, n_mlp: int) -> di
     def forward(variables, z, noise_key):
         return generator.apply(variables, z, rngs={"noise": noise_key})
 
-    per_call, compile_s, flops = time_compiled(
-        forward, (variables, z, key), min_seconds=seconds
-    )
+    per_call, compile_s, flops = time_compiled(forward, (variables, z, key), min_seconds=seconds)
     return {
         "benchmark": "generator",
         "size": size,

@@ -18,7 +18,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def golden_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("GANGEALING_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
+    return pathlib.Path(
+        os.environ.get("GANGEALING_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden")
+    )
 
 
 def golden_cases(prefix: str, suffix: str = ".npz") -> list:
@@ -42,7 +44,7 @@ class Fixture:
     def state_of(self, module: str) -> dict:
         """The `state/<module>/...` sub-dict with the module prefix removed."""
         head = module + "/"
-        return {k[len(head):]: v for k, v in self.state.items() if k.startswith(head)}
+        return {k[len(head) :]: v for k, v in self.state.items() if k.startswith(head)}
 
 
 def load_fixture(path: pathlib.Path) -> Fixture:
@@ -67,9 +69,15 @@ def assert_close(actual, expected, *, atol: float = 0.0, rtol: float = 0.0, name
     expected = np.asarray(expected)
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    err = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))) if expected.size else 0.0
+    err = (
+        float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
+        if expected.size
+        else 0.0
+    )
     bound = atol + rtol * scale
-    assert err <= bound, f"{name}: max abs error {err:.3e} > {bound:.3e} (max|expected| {scale:.3e})"
+    assert err <= bound, (
+        f"{name}: max abs error {err:.3e} > {bound:.3e} (max|expected| {scale:.3e})"
+    )
 
 
 def nchw_to_nhwc(x):

@@ -52,7 +52,9 @@ def test_discriminator_from_torch_layout_state():
     assert converted_config == config
     params = variables["params"]
     # channel-major flatten: the converted final linear weight is only a transpose of torch's
-    np.testing.assert_array_equal(params["final_linear_0"]["weight"], state["final_linear.0.weight"].T)
+    np.testing.assert_array_equal(
+        params["final_linear_0"]["weight"], state["final_linear.0.weight"].T
+    )
     np.testing.assert_array_equal(
         params["convs_1"]["conv2"]["conv"]["weight"],
         np.transpose(state["convs.1.conv2.1.weight"], (2, 3, 1, 0)),

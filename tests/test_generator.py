@@ -70,9 +70,13 @@ def test_generator_golden(path):
 
     def check(prefix, w_plus):
         if f"latent_{prefix}" in fx.outputs:
-            assert_close(w_plus, fx.outputs[f"latent_{prefix}"], **IMAGE_TOL, name=f"latent_{prefix}")
+            assert_close(
+                w_plus, fx.outputs[f"latent_{prefix}"], **IMAGE_TOL, name=f"latent_{prefix}"
+            )
         img = synth(w_plus)
-        assert_close(img, nchw_to_nhwc(fx.outputs[f"img_{prefix}"]), **IMAGE_TOL, name=f"img_{prefix}")
+        assert_close(
+            img, nchw_to_nhwc(fx.outputs[f"img_{prefix}"]), **IMAGE_TOL, name=f"img_{prefix}"
+        )
 
     check("z", broadcast_w(w, n_latent))
     mean = jnp.asarray(fx.inputs["mean_latent"])

@@ -16,7 +16,9 @@ from gangealing_jax.convert.state_dict import CheckpointError
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gangealing_jax.convert", description=__doc__.split("\n")[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m gangealing_jax.convert", description=__doc__.split("\n")[1]
+    )
     parser.add_argument("checkpoint", help="reference checkpoint (.pt, or .npz with the same keys)")
     parser.add_argument("out_dir", help="output directory for the converted bundles")
     parser.add_argument(
@@ -24,7 +26,9 @@ def main(argv=None) -> int:
         default="",
         help="comma-separated modules to convert (default: every known module present)",
     )
-    parser.add_argument("--lr-mlp", type=float, default=0.01, help="generator mapping lr multiplier")
+    parser.add_argument(
+        "--lr-mlp", type=float, default=0.01, help="generator mapping lr multiplier"
+    )
     args = parser.parse_args(argv)
     modules = [m for m in args.modules.split(",") if m] or None
     try:

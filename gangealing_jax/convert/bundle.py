@@ -1,7 +1,7 @@
 """Converted-model bundles on disk: an orbax checkpoint of the variables plus a `model.json`.
 
-    <dir>/model.json   {"kind": "generator", "config": {...}, "format": 1}
-    <dir>/variables/   orbax StandardCheckpointer tree
+<dir>/model.json   {"kind": "generator", "config": {...}, "format": 1}
+<dir>/variables/   orbax StandardCheckpointer tree
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         flat = {}
         for key, value in raw.items():
             if key.startswith("state/"):
-                key = key[len("state/"):]
+                key = key[len("state/") :]
             elif key.startswith(("in/", "out/")) or key == "meta":
                 continue
             flat[key] = value
@@ -95,7 +95,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 def module_state(flat: Mapping[str, np.ndarray], module: str, path: str = "") -> dict:
     """The tensors of one module (`g_ema`, `t_ema`, ...) with its prefix removed."""
     head = module + "/"
-    state = {k[len(head):]: v for k, v in flat.items() if k.startswith(head)}
+    state = {k[len(head) :]: v for k, v in flat.items() if k.startswith(head)}
     if not state:
         found = sorted({k.split("/", 1)[0] for k in flat if "/" in k})
         raise CheckpointError(

@@ -45,7 +45,9 @@ def generator_config_from_state(state, path: str = "", lr_mlp: float = 0.01) -> 
     style_dim = take(state, "style.1.weight", path=path).shape[0]
     num_blocks = _count(state, r"to_rgbs\.(\d+)\.conv\.weight")
     channels = [take(state, "input.input", path=path).shape[1]]
-    channels += [take(state, f"convs.{2 * j}.conv.weight", path=path).shape[1] for j in range(num_blocks)]
+    channels += [
+        take(state, f"convs.{2 * j}.conv.weight", path=path).shape[1] for j in range(num_blocks)
+    ]
     return GeneratorConfig(
         size=2 ** (num_blocks + 2),
         style_dim=style_dim,
@@ -64,7 +66,9 @@ def _torch_key_and_layout(flax_path: tuple[str, ...]):
     if head == "const":
         return "input.input", "nchw"
     if m := re.fullmatch(r"style_(\d+)", head):
-        return f"style.{int(m.group(1)) + 1}.{rest[1]}", "linear" if rest[1] == "weight" else "plain"
+        return f"style.{int(m.group(1)) + 1}.{rest[1]}", "linear" if rest[
+            1
+        ] == "weight" else "plain"
     module = re.sub(r"_(\d+)$", r".\1", head)
     inner = {
         ("conv", "weight"): ("conv.weight", "conv"),
@@ -256,4 +260,6 @@ def discriminator_config_from_dict(d: dict) -> DiscriminatorConfig:
 
 
 def config_to_dict(config) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+    }

@@ -44,9 +44,10 @@ class EqualLinear(nn.Module):
         out = jnp.dot(x, weight * scale, precision=jax.lax.Precision.HIGHEST)
         bias = None
         if self.use_bias:
-            bias = self.param(
-                "bias", nn.initializers.constant(self.bias_init), (self.features,)
-            ) * self.lr_mul
+            bias = (
+                self.param("bias", nn.initializers.constant(self.bias_init), (self.features,))
+                * self.lr_mul
+            )
         if self.activate:
             return fused_leaky_relu(out, bias)
         return out if bias is None else out + bias

@@ -25,7 +25,17 @@ from gangealing_jax.ops.activations import pixel_norm
 from gangealing_jax.ops.conv import modulated_conv2d
 from gangealing_jax.ops.upfirdn2d import upsample2d
 
-REFERENCE_CHANNELS = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
+REFERENCE_CHANNELS = {
+    4: 512,
+    8: 512,
+    16: 512,
+    32: 512,
+    64: 256,
+    128: 128,
+    256: 64,
+    512: 32,
+    1024: 16,
+}
 
 
 def reference_channels(size: int, channel_multiplier: int = 2) -> tuple[int, ...]:
@@ -213,7 +223,7 @@ class Generator(nn.Module):
             keys = jax.random.split(key, self.config.num_layers)
             return [
                 jax.random.normal(k, (batch,) + shape[1:])
-                for k, shape in zip(keys, self.config.noise_shapes())
+                for k, shape in zip(keys, self.config.noise_shapes(), strict=True)
             ]
         raise ValueError(f"noise_mode must be 'const' or 'random', got {noise_mode!r}")
 

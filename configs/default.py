@@ -1,0 +1,82 @@
+"""Every GANgealing training field, with the reference's defaults where it has one.
+
+Per-model files import this and override; `python -m gangealing_jax.train --config configs/x.py
+--config.batch=40` sets any field from the command line.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # random seed of the run (z samples, noise, init)
+
+    # The frozen generator.
+    c.generator = ml_collections.ConfigDict()
+    c.generator.checkpoint = "embedded"  # .pt/.npz checkpoint, converted bundle dir, or "embedded"
+    c.generator.module = "g_ema"  # which module of the checkpoint holds the generator
+    c.generator.lr_mlp = 0.01  # mapping-network lr multiplier (not stored in checkpoints)
+
+    # Iterations and batch.
+    c.iters = 1_500_000  # total training iterations (optimizer steps)
+    c.batch = 40  # global batch per optimizer step (reference: 5 per GPU x 8 GPUs)
+    c.grad_accum = 1  # micro-batches accumulated per step: batch/grad_accum images per forward
+
+    # GANgealing hyper-parameters.
+    c.inject = 5  # W+ layers [0, inject) receive the congealing vector c
+    c.ndirs = 1  # number of W-space PCA directions c may move along
+    c.num_pca_samples = 1_000_000  # mapped samples used for the W-space PCA
+    c.pca_exact = False  # exact chunked PCA instead of the reference's IncrementalPCA
+    c.anneal_psi = 150_000  # iterations over which psi anneals from 1 to 0
+    c.anneal_fn = "cosine"  # psi schedule: cosine | linear
+    c.freeze_ll = False  # keep the congealing vector fixed at its initial value
+    c.sample_from_full_res = False  # sample pixels from the full-resolution G output
+    c.num_heads = 1  # clusters learned and congealed independently (>1: clustering GANgealing)
+    c.flips = False  # also try the mirrored input and optimise the min of both losses
+
+    # Loss.
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "vgg_ssl"  # perceptual loss: lpips | vgg_ssl | a weight-free loss
+    c.loss.weights = ""  # converted weights (.npz) for lpips / vgg_ssl
+    c.tv_weight = 1000.0  # total-variation (Huber) weight on the residual flow
+    c.flow_identity_weight = 1.0  # L2 weight pulling the residual flow to zero
+
+    # Spatial transformer.
+    c.stn = ml_collections.ConfigDict()
+    c.stn.transforms = ("similarity", "flow")  # warp classes, applied in order
+    c.stn.padding_mode = "reflection"  # border | zeros | reflection
+    c.stn.flow_size = 128  # resolution of the regressed flow (and of the congealed output)
+    c.stn.channel_multiplier = 0.5  # width of the STN trunk relative to the reference table
+    c.stn.channels = ()  # explicit trunk channels per resolution (overrides the multiplier)
+    c.real_size = 256  # resolution of real images the STN will sample from (supersize)
+
+    # Optimisation: Adam(0.9, 0.999, 1e-8), decaying cosine warm restarts after psi annealing.
+    c.stn_lr = 1e-3  # base learning rate of the STN
+    c.ll_lr = 1e-2  # base learning rate of the congealing vector
+    c.period = 37_500.0  # cosine period in iterations
+    c.decay = 0.9  # learning-rate decay at every restart
+    c.tm = 2  # period multiplier at every restart
+    c.ema_decay = 0.5 ** (32 / 10_000)  # per-step EMA of the STN weights
+
+    # Logging, visuals and checkpoints.
+    c.log_every = 25  # iterations between scalar logs
+    c.vis_every = 5_000  # iterations between image grids
+    c.ckpt_every = 50_000  # iterations between checkpoints (also at every zero-lr iteration)
+    c.keep_checkpoints = 3  # checkpoints kept on disk
+    c.n_sample = 64  # images in each visual grid
+    c.n_mean = 8_000  # real images averaged for the congealed-average visual
+    c.vis_batch_size = 250  # batch used when making visuals
+    c.real_data_path = ""  # prepared real dataset, used for visuals (and evaluation) only
+
+    # Test-time settings stored with the exported model (applied only when a user asks for them).
+    c.test_time = ml_collections.ConfigDict()
+    c.test_time.iters = 1  # similarity-STN iterations at test time
+    c.test_time.padding_mode = "reflection"  # padding used when congealing real images
+    c.test_time.flips = False  # flip-aware inference by default
+
+    # Evaluation after training (PCK-Transfer on a prepared dataset with keypoints).
+    c.eval = ml_collections.ConfigDict()
+    c.eval.data = ""  # prepared dataset with keypoints and pairs; "" = no evaluation
+    c.eval.alphas = (0.1, 0.05)  # PCK thresholds
+    c.eval.flips = False  # flip-aware inference when transferring points
+    return c
