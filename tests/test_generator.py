@@ -15,6 +15,7 @@ from gangealing_jax.models.stylegan2 import (
 )
 from gangealing_jax.ops.upfirdn2d import upfirdn2d
 from tests.golden import assert_close, golden_cases, golden_dir, load_fixture, nchw_to_nhwc
+from tests.tiny_models import tiny_generator
 
 IMAGE_TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -87,9 +88,9 @@ def test_generator_golden(path):
     check("mix", style_mix(w1, w2, inject, n_latent))
 
 
-def test_generator_pt_matches_npz():
-    pt = golden_dir() / "generator.pt"
-    fx = load_fixture(golden_dir() / "generator.npz")
+@pytest.mark.parametrize("pt", golden_cases("generator", ".pt"))
+def test_generator_pt_matches_npz(pt):
+    fx = load_fixture(pt.with_suffix(".npz"))
     config, from_pt = load_generator(pt)
     _, from_npz = generator_variables_from_state(fx.state, str(fx.path))
     jax.tree_util.tree_map(np.testing.assert_array_equal, from_pt, from_npz)
@@ -97,9 +98,12 @@ def test_generator_pt_matches_npz():
 
 
 def test_random_noise_needs_key_and_differs():
-    fx = load_fixture(golden_dir() / "generator.npz")
-    G, variables = _generator(fx)
-    z = jnp.asarray(fx.inputs["z"])
+    G, variables = tiny_generator()
+    # noise strengths start at zero: make the noise visible
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 1.0 if "noise_strength" in jax.tree_util.keystr(path) else x, variables
+    )
+    z = jax.random.normal(jax.random.PRNGKey(0), (3, G.config.style_dim))
     with pytest.raises(Exception, match="noise"):
         G.apply(variables, z)
     a = G.apply(variables, z, rngs={"noise": jax.random.PRNGKey(1)})
@@ -109,18 +113,24 @@ def test_random_noise_needs_key_and_differs():
     np.testing.assert_array_equal(a, c)
 
 
+def _first(prefix, suffix=".npz"):
+    path = golden_cases(prefix, suffix)[0].values[0]
+    assert path.is_file(), f"no {prefix}*{suffix} fixture in {golden_dir()}"
+    return path
+
+
 def test_converter_errors(tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"this is not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt.pt"):
         load_generator(corrupt)
     truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes((golden_dir() / "generator.pt").read_bytes()[:50_000])
+    truncated.write_bytes(_first("generator", ".pt").read_bytes()[:50_000])
     with pytest.raises(CheckpointError, match="truncated.pt"):
         load_generator(truncated)
     with pytest.raises(CheckpointError, match="no 'g_ema' weights"):
-        load_generator(golden_dir() / "stn.pt")
-    fx = load_fixture(golden_dir() / "generator.npz")
+        load_generator(_first("stn", ".pt"))
+    fx = load_fixture(_first("generator"))
     state = dict(fx.state)
     del state["convs.1.conv.modulation.weight"]
     with pytest.raises(CheckpointError, match="missing key 'convs.1.conv.modulation.weight'"):

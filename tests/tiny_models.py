@@ -1,0 +1,17 @@
+"""Small randomly initialised models for tests that need no reference weights."""
+
+import jax
+import jax.numpy as jnp
+
+from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
+
+
+def tiny_generator(size: int = 16, style_dim: int = 32, n_mlp: int = 2, channels: int = 16, seed=0):
+    config = GeneratorConfig(
+        size=size, style_dim=style_dim, n_mlp=n_mlp, channels=(channels,) * (size.bit_length() - 2)
+    )
+    generator = Generator(config)
+    variables = generator.init(
+        jax.random.PRNGKey(seed), jnp.zeros((1, style_dim)), noise_mode="const"
+    )
+    return generator, variables
