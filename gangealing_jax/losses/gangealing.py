@@ -1,0 +1,160 @@
+"""The GANgealing objective: warp G(w) onto the congealed target G(mix(c, w)), perceptually.
+
+x = G(w) is drawn with one noise key and the target G(mix(c, w, psi)) with an independent one
+(shared noise makes alignment much worse). The STN sees x resized to flow_size; the perceptual
+distance compares its output with the target; Huber total-variation and L2 identity terms keep the
+residual flow smooth and small. With clusters (num_heads > 1) and/or flips, each image is scored under
+every head (and its mirror), only the best one is optimised, and only that head's flow is regularised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gangealing_jax.losses.regularizers import flow_identity_loss, total_variation_loss
+from gangealing_jax.models.congealing import mix_latents
+from gangealing_jax.models.stn import STN
+from gangealing_jax.models.stylegan2 import Generator, broadcast_w
+from gangealing_jax.ops.mipmap import bilinear_downsample
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSettings:
+    """Static settings of the objective (hashable: part of the jit cache key)."""
+
+    inject: int  # W+ layers [0, inject) take the congealing vector
+    padding_mode: str = "reflection"  # STN padding while training
+    sample_from_full_res: bool = False  # sample pixels from the full-resolution G(w)
+    freeze_ll: bool = False  # no gradient into the congealing coefficients
+    flips: bool = False  # also score the mirrored input; optimise the better of the two
+    tv_weight: float = 1000.0
+    flow_identity_weight: float = 1.0
+    noise_mode: str = "random"  # "const": the generator's fixed noise buffers (reproducibility)
+
+
+class Frozen(NamedTuple):
+    """Inputs of the objective that are not trained."""
+
+    generator: dict  # generator variables {'params', 'buffers'}
+    directions: jnp.ndarray  # (ndirs, D) W-space PCA directions
+    lat_mean: jnp.ndarray  # (1, D) mean w
+
+
+class ObjectiveTerms(NamedTuple):
+    total: jnp.ndarray  # () perceptual + tv_weight * tv + flow_identity_weight * identity
+    perceptual: jnp.ndarray  # () mean perceptual distance of the chosen warps
+    tv: jnp.ndarray  # () total variation of the chosen residual flows
+    identity: jnp.ndarray  # () mean squared chosen residual flow
+    distances: jnp.ndarray  # (N, J) distance per image and candidate (J = heads * (1 + flips))
+    assignments: jnp.ndarray  # (N,) int32 chosen candidate; j >= heads means the mirrored input
+    delta_flow: jnp.ndarray  # (N, F, F, 2) chosen residual flows (zeros without a flow stage)
+    aligned_pred: jnp.ndarray  # (R, F, F, 3) every STN output, rows (flip, image, head)
+    target: jnp.ndarray  # (N * heads, F, F, 3) congealed targets, rows (image, head)
+    unaligned: jnp.ndarray  # (N, S, S, 3) G(w)
+
+
+def resize_to_flow(images: jnp.ndarray, flow_size: int) -> jnp.ndarray:
+    """Anti-aliased downsampling of generator output to the STN's resolution (identity if equal)."""
+    size = images.shape[1]
+    if size == flow_size:
+        return images
+    if size % flow_size:
+        raise ValueError(f"generator size {size} is not a multiple of flow_size {flow_size}")
+    return bilinear_downsample(images, size // flow_size)
+
+
+def gangealing_objective(
+    trainable: dict,
+    frozen: Frozen,
+    z: jnp.ndarray,
+    noise_key: jax.Array | None,
+    psi: jnp.ndarray,
+    distance: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray],
+    *,
+    generator: Generator,
+    stn: STN,
+    settings: ObjectiveSettings,
+) -> ObjectiveTerms:
+    """trainable: {'stn': STN variables, 'congealing': {'coefficients': (heads, ndirs)}}."""
+    gcfg = generator.config
+    heads = stn.config.num_heads
+    flow_size = stn.config.flow_size
+    batch = z.shape[0]
+    if settings.noise_mode == "random":
+        key_in, key_target = jax.random.split(noise_key)
+        noise_in, noise_target = {"noise": key_in}, {"noise": key_target}
+    else:
+        noise_in = noise_target = {}
+
+    def synthesize(w_plus, rngs):
+        return generator.apply(
+            frozen.generator, w_plus, noise_mode=settings.noise_mode, rngs=rngs,
+            method=Generator.synthesize,
+        )  # fmt: skip
+
+    w = jax.lax.stop_gradient(generator.apply(frozen.generator, z, method=Generator.map))
+    unaligned = jax.lax.stop_gradient(synthesize(broadcast_w(w, gcfg.n_latent), noise_in))
+    coefficients = trainable["congealing"]["coefficients"]
+    if settings.freeze_ll:
+        coefficients = jax.lax.stop_gradient(coefficients)
+    w_target = mix_latents(
+        w, frozen.directions, frozen.lat_mean, coefficients, psi, settings.inject, gcfg.n_latent
+    )  # (N * heads, n_latent, D), rows (image, head)
+    target = resize_to_flow(synthesize(w_target, noise_target), flow_size)
+
+    inputs = unaligned
+    if settings.flips:
+        inputs = jnp.concatenate([unaligned, jnp.flip(unaligned, axis=2)], axis=0)  # (2N, ...)
+    source = inputs if settings.sample_from_full_res else None
+    out = stn.apply(
+        trainable["stn"],
+        resize_to_flow(inputs, flow_size),
+        source,
+        padding_mode=settings.padding_mode,
+    )
+    copies = 2 if settings.flips else 1
+    targets = jnp.tile(target, (copies, 1, 1, 1))  # rows (flip, image, head)
+    per_row = distance(out.image, targets)  # (copies * N * heads,)
+    # (flip, image, head) -> (image, flip * heads + head)
+    distances = per_row.reshape(copies, batch, heads).transpose(1, 0, 2).reshape(batch, -1)
+
+    if out.flow is None:
+        flows = jnp.zeros((out.image.shape[0], flow_size, flow_size, 2), out.image.dtype)
+    else:
+        flows = out.flow
+    if copies * heads == 1:
+        assignments = jnp.zeros((batch,), jnp.int32)
+        perceptual = jnp.mean(distances)
+        chosen_flow = flows
+    else:
+        assignments = jnp.argmin(distances, axis=1).astype(jnp.int32)
+        perceptual = jnp.mean(jnp.take_along_axis(distances, assignments[:, None], axis=1))
+        grouped = flows.reshape((copies, batch, heads) + flows.shape[1:])
+        grouped = jnp.moveaxis(grouped, 0, 1).reshape((batch, copies * heads) + flows.shape[1:])
+        chosen_flow = grouped[jnp.arange(batch), assignments]
+
+    has_flow = out.flow is not None
+    tv = total_variation_loss(chosen_flow) if has_flow and settings.tv_weight > 0 else 0.0
+    identity = (
+        flow_identity_loss(chosen_flow) if has_flow and settings.flow_identity_weight > 0 else 0.0
+    )
+    tv = jnp.asarray(tv, perceptual.dtype)
+    identity = jnp.asarray(identity, perceptual.dtype)
+    total = perceptual + settings.tv_weight * tv + settings.flow_identity_weight * identity
+    return ObjectiveTerms(
+        total=total,
+        perceptual=perceptual,
+        tv=tv,
+        identity=identity,
+        distances=distances,
+        assignments=assignments,
+        delta_flow=chosen_flow,
+        aligned_pred=out.image,
+        target=target,
+        unaligned=unaligned,
+    )
