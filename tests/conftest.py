@@ -11,3 +11,6 @@ import jax  # noqa: E402
 
 # Parity tests compare float32 against the reference: no reduced-precision matmuls anywhere.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# Test graphs are small and run a few times: compile time dominates, so skip most XLA passes.
+jax.config.update("jax_disable_most_optimizations", True)

@@ -15,3 +15,18 @@ def tiny_generator(size: int = 16, style_dim: int = 32, n_mlp: int = 2, channels
         jax.random.PRNGKey(seed), jnp.zeros((1, style_dim)), noise_mode="const"
     )
     return generator, variables
+
+
+def tiny_stn_config(
+    flow_size: int = 16, supersize: int = 16, num_heads: int = 1, channels: int = 8
+):
+    from gangealing_jax.models.stn import STNConfig
+
+    resolutions = [2**i for i in range(0, 11)]
+    return STNConfig(
+        transforms=("similarity", "flow"),
+        flow_size=flow_size,
+        supersize=supersize,
+        channels=tuple((r, channels) for r in resolutions),
+        num_heads=num_heads,
+    )

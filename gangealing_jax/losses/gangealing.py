@@ -34,7 +34,6 @@ class ObjectiveSettings:
     flips: bool = False  # also score the mirrored input; optimise the better of the two
     tv_weight: float = 1000.0
     flow_identity_weight: float = 1.0
-    noise_mode: str = "random"  # "const": the generator's fixed noise buffers (reproducibility)
 
 
 class Frozen(NamedTuple):
@@ -43,6 +42,29 @@ class Frozen(NamedTuple):
     generator: dict  # generator variables {'params', 'buffers'}
     directions: jnp.ndarray  # (ndirs, D) W-space PCA directions
     lat_mean: jnp.ndarray  # (1, D) mean w
+
+
+class GeneratorNoise(NamedTuple):
+    """Per-layer noise of the two generator calls (lists of (rows, R, R, 1) arrays)."""
+
+    inputs: list  # for G(w): N rows
+    targets: list  # for G(mix(c, w)): N * heads rows (image-major)
+
+
+def draw_noise(generator: Generator, key: jax.Array, batch: int, heads: int = 1) -> GeneratorNoise:
+    """Independent noise for G(w) and for the congealed targets, from one key.
+
+    Drawn for the whole batch at once, so a sharded step sees exactly the noise of a single-device
+    step.
+    """
+    key_in, key_target = jax.random.split(key)
+    shapes = generator.config.noise_shapes()
+
+    def draw(k, rows):
+        keys = jax.random.split(k, len(shapes))
+        return [jax.random.normal(kk, (rows,) + s[1:]) for kk, s in zip(keys, shapes, strict=True)]
+
+    return GeneratorNoise(draw(key_in, batch), draw(key_target, batch * heads))
 
 
 class ObjectiveTerms(NamedTuple):
@@ -72,7 +94,7 @@ def gangealing_objective(
     trainable: dict,
     frozen: Frozen,
     z: jnp.ndarray,
-    noise_key: jax.Array | None,
+    noise: GeneratorNoise | None,
     psi: jnp.ndarray,
     distance: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray],
     *,
@@ -80,22 +102,21 @@ def gangealing_objective(
     stn: STN,
     settings: ObjectiveSettings,
 ) -> ObjectiveTerms:
-    """trainable: {'stn': STN variables, 'congealing': {'coefficients': (heads, ndirs)}}."""
+    """trainable: {'stn': STN variables, 'congealing': {'coefficients': (heads, ndirs)}}.
+
+    noise: fresh noise for both generator calls (see `draw_noise`); None uses the generator's fixed
+    noise buffers for both (reproducible evaluation).
+    """
     gcfg = generator.config
     heads = stn.config.num_heads
     flow_size = stn.config.flow_size
     batch = z.shape[0]
-    if settings.noise_mode == "random":
-        key_in, key_target = jax.random.split(noise_key)
-        noise_in, noise_target = {"noise": key_in}, {"noise": key_target}
-    else:
-        noise_in = noise_target = {}
+    noise_in, noise_target = (None, None) if noise is None else noise
 
-    def synthesize(w_plus, rngs):
+    def synthesize(w_plus, noises):
         return generator.apply(
-            frozen.generator, w_plus, noise_mode=settings.noise_mode, rngs=rngs,
-            method=Generator.synthesize,
-        )  # fmt: skip
+            frozen.generator, w_plus, noise_mode="const", noises=noises, method=Generator.synthesize
+        )
 
     w = jax.lax.stop_gradient(generator.apply(frozen.generator, z, method=Generator.map))
     unaligned = jax.lax.stop_gradient(synthesize(broadcast_w(w, gcfg.n_latent), noise_in))

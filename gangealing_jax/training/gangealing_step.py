@@ -1,0 +1,239 @@
+"""The GANgealing train state, optimizer and the pure, data-parallel train step.
+
+One optax optimizer updates one pytree `{'stn': ..., 'congealing': ...}`: Adam(0.9, 0.999, 1e-8)
+with separate learning rates, both held while psi anneals and then following decaying cosine warm
+restarts. Gradient accumulation runs inside the step (a scan over micro-batches), so one call is
+one reference iteration: schedules, EMA and checkpoints count iterations, whatever the device memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax import shard_map
+from jax.sharding import Mesh, PartitionSpec
+
+from gangealing_jax.losses.gangealing import (
+    Frozen,
+    ObjectiveSettings,
+    draw_noise,
+    gangealing_objective,
+)
+from gangealing_jax.models.stn import STN
+from gangealing_jax.models.stylegan2 import Generator
+from gangealing_jax.training.parallel import DATA_AXIS, replicated
+from gangealing_jax.training.schedules import make_lr_schedule, psi_at_iteration
+
+
+class GANgealingState(flax.struct.PyTreeNode):
+    step: jnp.ndarray  # () int32, optimizer steps taken
+    params: dict  # {'stn': STN variables, 'congealing': {'coefficients': (heads, ndirs)}}
+    opt_state: Any
+    ema_stn: dict  # EMA of params['stn']
+    rng: jnp.ndarray  # (2,) uint32 base key of the run
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    objective: ObjectiveSettings
+    batch: int  # global images per optimizer step
+    grad_accum: int = 1  # micro-batches per step
+    anneal_psi: int = 150_000
+    anneal_fn: str = "cosine"
+    ema_decay: float = 0.5 ** (32 / 10_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    stn_lr: float = 1e-3
+    ll_lr: float = 1e-2
+    anneal_psi: int = 150_000
+    period: float = 37_500.0
+    tm: int = 2
+    decay: float = 0.9
+    freeze_ll: bool = False
+
+
+def make_optimizer(s: OptimizerSettings) -> optax.GradientTransformation:
+    def adam(lr):
+        schedule = make_lr_schedule(
+            lr, anneal_psi=s.anneal_psi, period=s.period, t_mult=s.tm, decay=s.decay
+        )
+        return optax.adam(schedule, b1=0.9, b2=0.999, eps=1e-8)
+
+    congealing = optax.set_to_zero() if s.freeze_ll else adam(s.ll_lr)
+    return optax.multi_transform(
+        {"stn": adam(s.stn_lr), "congealing": congealing},
+        {"stn": "stn", "congealing": "congealing"},
+    )
+
+
+def learning_rates(s: OptimizerSettings, step) -> dict:
+    """The learning rates the update with index `step` uses (for logging)."""
+    kw = dict(anneal_psi=s.anneal_psi, period=s.period, t_mult=s.tm, decay=s.decay)
+    return {
+        "lr_stn": make_lr_schedule(s.stn_lr, **kw)(step),
+        "lr_ll": 0.0 if s.freeze_ll else make_lr_schedule(s.ll_lr, **kw)(step),
+    }
+
+
+def init_state(params: dict, optimizer: optax.GradientTransformation, rng: jax.Array):
+    # Strongly typed leaves: a weakly typed input would make the second call of the step retrace.
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), params)
+    return GANgealingState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_stn=jax.tree.map(jnp.copy, params["stn"]),
+        rng=jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng,
+    )
+
+
+def _per_device_gradients(
+    params, frozen, distance, z, noise, psi, *, objective, axis_name: str | None
+):
+    """Mean gradients and metrics over the micro-batches (and devices, when `axis_name` is set).
+
+    z: (accum, micro, D); noise: GeneratorNoise whose arrays lead with (accum, rows, ...).
+    """
+    accum = z.shape[0]
+
+    def loss_fn(p, z_micro, noise_micro):
+        terms = objective(p, frozen, z_micro, noise_micro, psi, distance)
+        return terms.total, terms
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def accumulate(carry, inputs):
+        grads_sum, metrics_sum = carry
+        z_micro, noise_micro = inputs
+        (_, terms), grads = grad_fn(params, z_micro, noise_micro)
+        metrics = {
+            "loss": terms.total,
+            "perceptual": terms.perceptual,
+            "tv": terms.tv,
+            "identity": terms.identity,
+        }
+        return (
+            jax.tree.map(jnp.add, grads_sum, grads),
+            jax.tree.map(jnp.add, metrics_sum, metrics),
+        ), None
+
+    zero_metrics = {k: jnp.zeros(()) for k in ("loss", "perceptual", "tv", "identity")}
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), (z, noise))
+    grads, metrics = jax.tree.map(lambda g: g / accum, (grads, metrics))
+    if axis_name is not None:  # every device holds an equal share of the batch
+        grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+    return grads, metrics
+
+
+def train_step(
+    state: GANgealingState,
+    frozen: Frozen,
+    distance,
+    *,
+    generator: Generator,
+    stn: STN,
+    optimizer: optax.GradientTransformation,
+    settings: StepSettings,
+    optimizer_settings: OptimizerSettings,
+    mesh: Mesh | None = None,
+):
+    """One optimizer step -> (new state, metrics dict of scalars).
+
+    z and the generator noise are drawn for the whole global batch first, so the result does not
+    depend on how many devices share the work; with a mesh, each device then computes the
+    gradients of its rows (shard_map) and they are averaged over the 'data' axis.
+    """
+    key = jax.random.fold_in(state.rng, state.step)
+    z_key, noise_key = jax.random.split(key)
+    accum = settings.grad_accum
+    micro = settings.batch // accum
+    heads = stn.config.num_heads
+    z = jax.random.normal(z_key, (accum, micro, generator.config.style_dim))
+    noise_keys = jax.random.split(noise_key, accum)
+    noise = jax.vmap(lambda k: draw_noise(generator, k, micro, heads))(noise_keys)
+    psi = psi_at_iteration(state.step + 1, settings.anneal_psi, settings.anneal_fn)
+    objective = functools.partial(
+        gangealing_objective, generator=generator, stn=stn, settings=settings.objective
+    )
+    if mesh is None:
+        grads, metrics = _per_device_gradients(
+            state.params, frozen, distance, z, noise, psi, objective=objective, axis_name=None
+        )
+    else:
+        rows = PartitionSpec(None, DATA_AXIS)
+        per_device = shard_map(
+            functools.partial(_per_device_gradients, objective=objective, axis_name=DATA_AXIS),
+            mesh=mesh,
+            in_specs=(
+                PartitionSpec(),
+                PartitionSpec(),
+                PartitionSpec(),
+                rows,
+                rows,
+                PartitionSpec(),
+            ),
+            out_specs=(PartitionSpec(), PartitionSpec()),
+            check_vma=False,
+        )
+        grads, metrics = per_device(state.params, frozen, distance, z, noise, psi)
+
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = settings.ema_decay
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_stn, params["stn"])
+    metrics["psi"] = psi
+    metrics.update(learning_rates(optimizer_settings, state.step))
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_stn=ema)
+    return new_state, metrics
+
+
+def make_train_step(
+    generator: Generator,
+    stn: STN,
+    optimizer: optax.GradientTransformation,
+    settings: StepSettings,
+    optimizer_settings: OptimizerSettings,
+    mesh: Mesh | None = None,
+):
+    """The jitted step `(state, frozen, distance) -> (state, metrics)`; the state is donated.
+
+    With a mesh, each micro-batch is split over its 'data' axis and everything else replicated.
+    """
+    if settings.batch % settings.grad_accum:
+        raise ValueError(
+            f"batch {settings.batch} is not divisible by grad_accum {settings.grad_accum}"
+        )
+    shardings = {}
+    if mesh is not None:
+        micro = settings.batch // settings.grad_accum
+        if micro % mesh.devices.size:
+            raise ValueError(
+                f"micro-batch {micro} (batch / grad_accum) is not divisible by the "
+                f"{mesh.devices.size} devices; use a multiple of {mesh.devices.size}"
+            )
+        rep = replicated(mesh)
+        shardings = dict(in_shardings=rep, out_shardings=rep)
+
+    def step(state, frozen, distance):
+        return train_step(
+            state,
+            frozen,
+            distance,
+            generator=generator,
+            stn=stn,
+            optimizer=optimizer,
+            settings=settings,
+            optimizer_settings=optimizer_settings,
+            mesh=mesh,
+        )
+
+    return jax.jit(step, donate_argnums=(0,), **shardings)

@@ -1,0 +1,156 @@
+"""The GANgealing train step: sharded equals single-device, one trace, accumulation, EMA, schedules."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gangealing_jax.losses.gangealing import (
+    Frozen,
+    ObjectiveSettings,
+    draw_noise,
+    gangealing_objective,
+)
+from gangealing_jax.losses.perceptual import multiscale_structural_distance
+from gangealing_jax.models.stn import STN
+from gangealing_jax.training.gangealing_step import (
+    OptimizerSettings,
+    StepSettings,
+    init_state,
+    make_optimizer,
+    make_train_step,
+    train_step,
+)
+from gangealing_jax.training.parallel import make_mesh
+from gangealing_jax.training.schedules import psi_at_iteration
+from tests.tiny_models import tiny_generator, tiny_stn_config
+
+DISTANCE = jax.tree_util.Partial(multiscale_structural_distance)
+
+
+def _setup(batch=8, grad_accum=1, num_heads=1, flips=False):
+    generator, gvars = tiny_generator(size=16, style_dim=16, channels=8)
+    stn = STN(tiny_stn_config(flow_size=16, supersize=16, num_heads=num_heads))
+    stn_vars = stn.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
+    d = generator.config.style_dim
+    directions = jnp.eye(2, d)
+    frozen = Frozen(gvars, directions, jnp.zeros((1, d)))
+    params = {"stn": stn_vars, "congealing": {"coefficients": jnp.full((num_heads, 2), 0.1)}}
+    opt_settings = OptimizerSettings(anneal_psi=4, period=2.0)
+    optimizer = make_optimizer(opt_settings)
+    settings = StepSettings(
+        ObjectiveSettings(inject=3, flips=flips, tv_weight=10.0),
+        batch=batch,
+        grad_accum=grad_accum,
+        anneal_psi=4,
+    )
+    state = init_state(params, optimizer, jax.random.PRNGKey(7))
+    return generator, stn, optimizer, settings, opt_settings, state, frozen
+
+
+def _run(steps, mesh=None, **kw):
+    generator, stn, optimizer, settings, opt_settings, state, frozen = _setup(**kw)
+    step = make_train_step(generator, stn, optimizer, settings, opt_settings, mesh)
+    history = []
+    for _ in range(steps):
+        state, metrics = step(state, frozen, DISTANCE)
+        history.append(jax.device_get(metrics))
+    return state, history
+
+
+def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+def test_sharded_step_equals_single_device():
+    assert len(jax.devices()) == 8, "conftest must provide 8 CPU devices"
+    # Two images per device: XLA's CPU backend crashes on some convolution gradients with a
+    # per-device batch of one.
+    single, hist_single = _run(2, mesh=make_mesh(jax.devices()[:1]), batch=16)
+    sharded, hist_sharded = _run(2, mesh=make_mesh(), batch=16)
+    _assert_trees_close(jax.device_get(single.params), jax.device_get(sharded.params))
+    _assert_trees_close(hist_single, hist_sharded)
+
+
+def test_step_traces_once_follows_schedules_and_updates_everything():
+    generator, stn, optimizer, settings, opt_settings, state, frozen = _setup()
+    chex.clear_trace_counter()
+
+    @chex.assert_max_traces(n=1)
+    def traced_step(state, frozen, distance):
+        return train_step(
+            state, frozen, distance, generator=generator, stn=stn, optimizer=optimizer,
+            settings=settings, optimizer_settings=opt_settings,
+        )  # fmt: skip
+
+    step = jax.jit(traced_step, donate_argnums=(0,))
+    before = jax.device_get(state.params)
+    history = []
+    for _ in range(6):
+        state, metrics = step(state, frozen, DISTANCE)
+        history.append(jax.device_get(metrics))
+    with pytest.raises(AssertionError, match="trace"):  # a changed shape is a loud error
+        step(state.replace(step=state.step.astype(jnp.float32)), frozen, DISTANCE)
+    assert int(state.step) == 6
+    # psi anneals over anneal_psi=4 iterations; learning rates are held until then
+    psi = [float(m["psi"]) for m in history]
+    assert psi[0] < 1.0 and psi[3] == pytest.approx(0.0, abs=1e-7) and psi[5] == 0.0
+    assert all(a >= b for a, b in zip(psi, psi[1:], strict=False))
+    lrs = [float(m["lr_stn"]) for m in history]
+    assert lrs[:5] == pytest.approx([1e-3] * 5)
+    assert lrs[5] < 1e-3
+    after = jax.device_get(state.params)
+    assert not np.allclose(
+        before["congealing"]["coefficients"], after["congealing"]["coefficients"]
+    )
+    moved = jax.tree.leaves(
+        jax.tree.map(lambda a, b: bool(np.any(a != b)), before["stn"], after["stn"])
+    )
+    assert all(moved), "every STN parameter receives an update"
+    for value in metrics.values():
+        assert np.isfinite(value)
+    # EMA lags the parameters
+    ema_minus = jax.tree.map(
+        lambda e, p: float(np.max(np.abs(e - p))), state.ema_stn, state.params["stn"]
+    )
+    assert max(jax.tree.leaves(ema_minus)) > 0
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_is_the_mean_of_micro_batch_gradients():
+    """grad_accum=2 over 8 images == the mean of the two 4-image gradients, same z and noise."""
+    accumulated, _ = _run(1, grad_accum=2)
+    generator, stn, optimizer, settings, opt_settings, state, frozen = _setup(grad_accum=2)
+    key = jax.random.fold_in(state.rng, 0)
+    z_key, noise_key = jax.random.split(key)
+    z = jax.random.normal(z_key, (2, 4, generator.config.style_dim))
+    noise_keys = jax.random.split(noise_key, 2)
+    objective = functools.partial(
+        gangealing_objective, generator=generator, stn=stn, settings=settings.objective
+    )
+    psi = psi_at_iteration(1, settings.anneal_psi)
+
+    def grads(i):
+        noise = draw_noise(generator, noise_keys[i], 4)
+        return jax.grad(lambda p: objective(p, frozen, z[i], noise, psi, DISTANCE).total)(
+            state.params
+        )
+
+    mean_grads = jax.tree.map(lambda a, b: (a + b) / 2, grads(0), grads(1))
+    expected = optax.apply_updates(
+        state.params, optimizer.update(mean_grads, state.opt_state, state.params)[0]
+    )
+    _assert_trees_close(
+        jax.device_get(expected), jax.device_get(accumulated.params), rtol=1e-4, atol=1e-7
+    )
+
+
+@pytest.mark.slow
+def test_clusters_with_flips_step():
+    state, history = _run(2, num_heads=2, flips=True)
+    assert np.isfinite(history[-1]["loss"])
+    assert state.params["congealing"]["coefficients"].shape == (2, 2)
