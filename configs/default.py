@@ -16,6 +16,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.generator.checkpoint = "embedded"  # .pt/.npz checkpoint, converted bundle dir, or "embedded"
     c.generator.module = "g_ema"  # which module of the checkpoint holds the generator
     c.generator.lr_mlp = 0.01  # mapping-network lr multiplier (not stored in checkpoints)
+    # Sizes of an untrained generator, used only with checkpoint="random" (smoke tests).
+    c.generator.random_size = 16
+    c.generator.random_style_dim = 32
+    c.generator.random_n_mlp = 2
+    c.generator.random_channels = 16
 
     # Iterations and batch.
     c.iters = 1_500_000  # total training iterations (optimizer steps)
@@ -67,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.n_mean = 8_000  # real images averaged for the congealed-average visual
     c.vis_batch_size = 250  # batch used when making visuals
     c.real_data_path = ""  # prepared real dataset, used for visuals (and evaluation) only
+    c.num_devices = 0  # devices of the data-parallel mesh (0 = every device of every host)
+    c.distributed = False  # join a multi-host run through jax.distributed.initialize()
 
     # Test-time settings stored with the exported model (applied only when a user asks for them).
     c.test_time = ml_collections.ConfigDict()

@@ -1,0 +1,54 @@
+"""StyleGAN2 on the procedural cartoon faces: the generator shipped with the project.
+
+`python -m gangealing_jax.train_gan --config configs/gan/procedural.py --workdir runs/gan`
+trains it on one CPU; any field can be overridden, e.g. `--config.steps=2000`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # initialisation, latent/noise draws and the fixed sample latents
+
+    # Architecture (generator and discriminator share the resolution and, by default, widths).
+    c.model = ml_collections.ConfigDict()
+    c.model.resolution = 32  # image side: a power of two (32 or 64 here)
+    c.model.channels = (128, 128, 128, 128)  # generator widths at resolutions 4, 8, ..., resolution
+    c.model.d_channels = ()  # discriminator widths per resolution; () = same as the generator's
+    c.model.style_dim = 128  # z and w size
+    c.model.n_mlp = 4  # layers of the mapping network
+    c.model.lr_mlp = 0.01  # learning-rate multiplier of the mapping network
+    c.model.stddev_group = 4  # minibatch-stddev group of the discriminator
+
+    # Data: the procedural family, or a prepared dataset of matching resolution.
+    c.data = ml_collections.ConfigDict()
+    c.data.path = ""  # prepared dataset directory; "" = the procedural faces below
+    c.data.size = 20_000  # procedural images rendered (about 3 ms each)
+    c.data.seed = 0  # procedural family seed; also seeds the epoch permutations of any dataset
+    c.data.in_memory_max_mb = 256  # render into memory up to this size, else into workdir/data
+
+    # Optimisation (the reference StyleGAN2 trainer's defaults unless noted).
+    c.batch = 16  # global batch of real and of fake images per iteration
+    c.steps = 10_000  # iterations (each: D step, G step, lazy regularisers, EMA)
+    c.lr = 0.002  # Adam learning rate, betas (0, 0.99); lazily regularised nets rescale both
+    c.r1 = 10.0  # R1 penalty weight (gamma) on real images
+    c.d_reg_every = 16  # R1 every this many iterations (lazy regularisation)
+    c.path_regularize = 2.0  # path-length penalty weight; 0 disables it (and its lr rescaling)
+    c.path_batch_shrink = 2  # path-length penalty uses batch // this fakes
+    c.g_reg_every = 4  # path-length penalty every this many iterations
+    c.mixing = 0.9  # probability of style mixing for a fake batch
+    c.ema_decay = 0.5 ** (32 / 10_000)  # per-iteration decay of the generator EMA
+    c.xflip = True  # mirror real images at random (the faces' own flips make this harmless)
+
+    # Logging, samples, checkpoints and export.
+    c.log_every = 50  # iterations between logged scalars (means over the interval)
+    c.sample_every = 500  # iterations between sample grids of the EMA generator
+    c.n_samples = 64  # images in a sample grid (fixed latents and noise)
+    c.ckpt_every = 500  # iterations between checkpoints (each also exports the generator)
+    c.keep_checkpoints = 3  # checkpoints kept on disk
+    c.mean_samples = 10_000  # latents averaged for the exported mean w
+    c.progress = True  # tqdm progress bar
+    c.fast_compile = False  # XLA backend optimisations off: compiles ~2x faster, runs slower
+    c.distributed = False  # call jax.distributed.initialize() (several hosts)
+    return c

@@ -1,0 +1,137 @@
+"""The GANgealing training loop: logging, visuals, checkpoints, resume, export.
+
+Rerunning with the same work directory resumes from its latest checkpoint and continues exactly as
+an uninterrupted run. SIGTERM (e.g. a TPU preemption) saves a checkpoint and returns cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from gangealing_jax.convert.bundle import save_bundle
+from gangealing_jax.convert.stn import stn_config_to_dict
+from gangealing_jax.convert.stylegan2 import config_to_dict
+from gangealing_jax.losses.gangealing import gangealing_objective
+from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
+from gangealing_jax.training.gangealing_setup import RunSetup, build_run
+from gangealing_jax.training.gangealing_step import make_train_step
+from gangealing_jax.training.metrics_log import MetricsWriter, check_finite
+from gangealing_jax.training.parallel import initialize_distributed, make_mesh, replicate
+from gangealing_jax.training.schedules import lr_cycle_iters, psi_at_iteration
+
+
+class RunResult(NamedTuple):
+    step: int
+    interrupted: bool
+    metrics: dict
+    model_dir: pathlib.Path
+
+
+def visual_batch(setup: RunSetup, state, z: jnp.ndarray, psi):
+    """G(w), its congealed target, and the EMA STN's congealed G(w) for fixed z and fixed noise."""
+    trainable = {"stn": state.ema_stn, "congealing": state.params["congealing"]}
+    terms = gangealing_objective(
+        trainable, setup.frozen, z, None, psi, setup.distance,
+        generator=setup.generator, stn=setup.stn, settings=setup.step_settings.objective,
+    )  # fmt: skip
+    return terms.unaligned, terms.target, terms.aligned_pred
+
+
+def export_model(directory, config, setup: RunSetup, state) -> pathlib.Path:
+    """The inference bundle the applications load: EMA STN, congealing vector, configs."""
+    host = jax.device_get(
+        {
+            "stn": state.ema_stn,
+            "congealing": {
+                "coefficients": state.params["congealing"]["coefficients"],
+                "directions": setup.frozen.directions,
+                "lat_mean": setup.frozen.lat_mean,
+            },
+        }
+    )
+    meta = {
+        "stn": stn_config_to_dict(setup.stn.config),
+        "generator": config_to_dict(setup.generator.config),
+        "inject": int(config.inject),
+        "num_heads": int(config.num_heads),
+        "step": int(state.step),
+        "test_time": config.test_time.to_dict(),
+        "train_padding_mode": config.stn.padding_mode,
+    }
+    return save_bundle(directory, "gangealing", meta, host)
+
+
+def train(config, workdir: str | os.PathLike) -> RunResult:
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    initialize_distributed(bool(config.get("distributed", False)) or None)
+    primary = jax.process_index() == 0
+    if primary:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    devices = jax.devices()
+    mesh = make_mesh(devices[: config.num_devices] if config.num_devices else devices)
+    setup, state = build_run(
+        config, jax.random.PRNGKey(config.seed), workdir / "congealing_init.npz"
+    )
+    ckpt_dir = workdir / "checkpoints"
+    ckpts = CheckpointManager(ckpt_dir, save_every=config.ckpt_every, keep=config.keep_checkpoints)
+    state = replicate(ckpts.restore_latest(state), mesh)
+    start = int(state.step)
+    step_fn = make_train_step(
+        setup.generator, setup.stn, setup.optimizer, setup.step_settings,
+        setup.optimizer_settings, mesh,
+    )  # fmt: skip
+    frozen, distance = replicate(setup.frozen, mesh), replicate(setup.distance, mesh)
+    zero_lr_iters = set(lr_cycle_iters(config.anneal_psi, config.period, config.iters, config.tm))
+    writer = MetricsWriter(workdir, enabled=primary)
+    vis_z = jax.random.normal(
+        jax.random.PRNGKey(config.seed + 1),
+        (max(1, config.n_sample // config.num_heads), setup.generator.config.style_dim),
+    )
+    visuals = jax.jit(lambda s, z, psi: visual_batch(setup, s, z, psi))
+    metrics, interrupted = {}, False
+    bar = tqdm(range(start, config.iters), initial=start, total=config.iters, disable=not primary)
+    with TerminationRequest() as stop:
+        for index in bar:
+            state, device_metrics = step_fn(state, frozen, distance)
+            it = index + 1
+            last = it == config.iters
+            must_save = it % config.ckpt_every == 0 or it in zero_lr_iters or last
+            if it % config.log_every == 0 or must_save or stop.requested:
+                metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+                check_finite(metrics, it, ckpt_dir)
+                writer.scalars(it, metrics)
+                bar.set_description(
+                    f"perceptual {metrics['perceptual']:.4f} tv {metrics['tv']:.5f} "
+                    f"identity {metrics['identity']:.4f} psi {metrics['psi']:.3f}"
+                )
+            if it % config.vis_every == 0 or last:
+                psi = psi_at_iteration(it, config.anneal_psi, config.anneal_fn)
+                unaligned, target, congealed = jax.device_get(visuals(state, vis_z, psi))
+                writer.images(it, "samples/unaligned", unaligned)
+                writer.images(it, "samples/target", target)
+                writer.images(it, "samples/congealed", congealed)
+            if must_save or stop.requested:
+                ckpts.save(it, state, force=True)
+            if stop.requested:
+                interrupted = True
+                break
+    ckpts.close()
+    model_dir = workdir / "model"
+    if primary:
+        export_model(model_dir, config, setup, state)
+        (workdir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+    writer.close()
+    return RunResult(int(state.step), interrupted, metrics, model_dir)
+
+
+def host_array(x) -> np.ndarray:
+    return np.asarray(jax.device_get(x))

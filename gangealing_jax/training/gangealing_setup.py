@@ -1,0 +1,157 @@
+"""Building a GANgealing run from its config: the frozen generator, the STN, the loss, the state."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gangealing_jax.convert.state_dict import CheckpointError
+from gangealing_jax.convert.stylegan2 import load_generator
+from gangealing_jax.losses.gangealing import Frozen, ObjectiveSettings
+from gangealing_jax.losses.perceptual import get_perceptual_loss
+from gangealing_jax.models.stn import STN, STNConfig
+from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
+from gangealing_jax.training.gangealing_step import (
+    OptimizerSettings,
+    StepSettings,
+    init_state,
+    make_optimizer,
+)
+from gangealing_jax.training.latent_init import init_congealing
+
+EMBEDDED_GENERATOR = pathlib.Path(__file__).resolve().parent.parent / "assets" / "generator"
+
+
+class RunSetup(NamedTuple):
+    generator: Generator
+    stn: STN
+    frozen: Frozen
+    distance: object  # pytree callable (x, y) -> (N,)
+    optimizer: object
+    step_settings: StepSettings
+    optimizer_settings: OptimizerSettings
+
+
+def load_frozen_generator(gcfg, key: jax.Array):
+    """(GeneratorConfig, variables) named by `config.generator`.
+
+    checkpoint: a reference `.pt`/`.npz`, a converted bundle directory, "embedded" (the generator
+    shipped in the package) or "random" (an untrained generator of `random_*` sizes, for smoke tests).
+    """
+    source = gcfg.checkpoint
+    if source == "random":
+        size = int(gcfg.random_size)
+        config = GeneratorConfig(
+            size=size,
+            style_dim=int(gcfg.random_style_dim),
+            n_mlp=int(gcfg.random_n_mlp),
+            channels=(int(gcfg.random_channels),) * (size.bit_length() - 2),
+            lr_mlp=gcfg.lr_mlp,
+        )
+        generator = Generator(config)
+        variables = jax.jit(
+            lambda k: generator.init(k, jnp.zeros((1, config.style_dim)), noise_mode="const")
+        )(key)
+        return config, variables
+    if source == "embedded":
+        if not (EMBEDDED_GENERATOR / "model.json").is_file():
+            raise CheckpointError(
+                f"{EMBEDDED_GENERATOR}: no embedded generator in this installation; train one "
+                "with `python -m gangealing_jax.train_gan --config configs/gan/procedural.py "
+                "--workdir runs/gan` and set --config.generator.checkpoint=runs/gan/generator"
+            )
+        source = str(EMBEDDED_GENERATOR)
+    return load_generator(source, module=gcfg.module, lr_mlp=gcfg.lr_mlp)
+
+
+def stn_config(config) -> STNConfig:
+    channels = tuple(tuple(pair) for pair in config.stn.channels)
+    return STNConfig(
+        transforms=tuple(config.stn.transforms),
+        flow_size=config.stn.flow_size,
+        supersize=max(config.real_size, config.stn.flow_size),
+        channels=channels,
+        channel_multiplier=config.stn.channel_multiplier,
+        num_heads=config.num_heads,
+    )
+
+
+def settings_from_config(config):
+    objective = ObjectiveSettings(
+        inject=config.inject,
+        padding_mode=config.stn.padding_mode,
+        sample_from_full_res=config.sample_from_full_res,
+        freeze_ll=config.freeze_ll,
+        flips=config.flips,
+        tv_weight=config.tv_weight,
+        flow_identity_weight=config.flow_identity_weight,
+    )
+    step = StepSettings(
+        objective,
+        batch=config.batch,
+        grad_accum=config.grad_accum,
+        anneal_psi=config.anneal_psi,
+        anneal_fn=config.anneal_fn,
+        ema_decay=config.ema_decay,
+    )
+    optim = OptimizerSettings(
+        stn_lr=config.stn_lr,
+        ll_lr=config.ll_lr,
+        anneal_psi=config.anneal_psi,
+        period=config.period,
+        tm=config.tm,
+        decay=config.decay,
+        freeze_ll=config.freeze_ll,
+    )
+    return step, optim
+
+
+def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = None):
+    """(RunSetup, initial state). The PCA buffers are cached in `congealing_cache` (an .npz) so a
+    resumed run reuses them instead of recomputing."""
+    g_key, stn_key, pca_key, run_key = jax.random.split(key, 4)
+    gconfig, gvars = load_frozen_generator(config.generator, g_key)
+    generator = Generator(gconfig)
+    if config.inject > gconfig.n_latent:
+        raise ValueError(
+            f"inject={config.inject} exceeds the generator's {gconfig.n_latent} layers"
+        )
+    stn = STN(stn_config(config))
+    distance = get_perceptual_loss(config)
+    flow = config.stn.flow_size
+    stn_vars = jax.jit(stn.init)(stn_key, jnp.zeros((1, flow, flow, 3)))
+    if congealing_cache is not None and congealing_cache.is_file():
+        with np.load(congealing_cache) as data:
+            directions, lat_mean, coefficients = (
+                data["directions"], data["lat_mean"], data["coefficients"]
+            )  # fmt: skip
+    else:
+        init = init_congealing(
+            generator,
+            gvars,
+            pca_key,
+            ndirs=config.ndirs,
+            num_heads=config.num_heads,
+            num_pca_samples=config.num_pca_samples,
+            exact_pca_fit=config.pca_exact,
+            distance=distance,
+            inject_index=config.inject,
+        )
+        directions, lat_mean, coefficients = init.directions, init.lat_mean, init.coefficients
+        if congealing_cache is not None and jax.process_index() == 0:
+            congealing_cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                congealing_cache, directions=directions, lat_mean=lat_mean,
+                coefficients=coefficients,
+            )  # fmt: skip
+    step_settings, optimizer_settings = settings_from_config(config)
+    optimizer = make_optimizer(optimizer_settings)
+    frozen = Frozen(gvars, jnp.asarray(directions), jnp.asarray(lat_mean))
+    params = {"stn": stn_vars, "congealing": {"coefficients": jnp.asarray(coefficients)}}
+    state = init_state(params, optimizer, run_key)
+    setup = RunSetup(generator, stn, frozen, distance, optimizer, step_settings, optimizer_settings)
+    return setup, state
