@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from gangealing_jax.models.layers import DEFAULT_BLUR, ConvLayer, EqualLinear, ResBlock
-from gangealing_jax.models.stylegan2 import reference_channels
+from gangealing_jax.models.stylegan2 import channel_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,17 +19,8 @@ class DiscriminatorConfig:
     blur_kernel: tuple[int, ...] = DEFAULT_BLUR
 
     def __post_init__(self):
-        log_size = int(round(math.log2(self.size)))
-        if self.size < 8 or 2**log_size != self.size:
-            raise ValueError(f"discriminator size must be a power of two >= 8, got {self.size}")
-        if not self.channels:
-            object.__setattr__(self, "channels", reference_channels(self.size))
-        if len(self.channels) != log_size - 1:
-            raise ValueError(
-                f"channels needs {log_size - 1} entries (resolutions 4..{self.size}), "
-                f"got {len(self.channels)}"
-            )
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        table = channel_table(self.size, self.channels, 8, "discriminator")
+        object.__setattr__(self, "channels", table)
 
 
 def minibatch_stddev(x: jnp.ndarray, group_size: int) -> jnp.ndarray:

@@ -48,6 +48,19 @@ def reference_channels(size: int, channel_multiplier: int = 2) -> tuple[int, ...
     return tuple(table)
 
 
+def channel_table(size: int, channels, min_size: int, what: str) -> tuple[int, ...]:
+    """Validated channels per resolution 4..size (the reference table when `channels` is empty)."""
+    log_size = int(round(math.log2(size)))
+    if size < min_size or 2**log_size != size:
+        raise ValueError(f"{what} size must be a power of two >= {min_size}, got {size}")
+    channels = tuple(int(c) for c in channels) or reference_channels(size)
+    if len(channels) != log_size - 1:
+        raise ValueError(
+            f"channels needs {log_size - 1} entries (resolutions 4..{size}), got {len(channels)}"
+        )
+    return channels
+
+
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
     size: int = 256
@@ -58,17 +71,9 @@ class GeneratorConfig:
     blur_kernel: tuple[int, ...] = DEFAULT_BLUR
 
     def __post_init__(self):
-        log_size = int(round(math.log2(self.size)))
-        if self.size < 4 or 2**log_size != self.size:
-            raise ValueError(f"generator size must be a power of two >= 4, got {self.size}")
-        if not self.channels:
-            object.__setattr__(self, "channels", reference_channels(self.size))
-        if len(self.channels) != log_size - 1:
-            raise ValueError(
-                f"channels needs {log_size - 1} entries (resolutions 4..{self.size}), "
-                f"got {len(self.channels)}"
-            )
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(
+            self, "channels", channel_table(self.size, self.channels, 4, "generator")
+        )
 
     @property
     def log_size(self) -> int:
