@@ -1,0 +1,331 @@
+"""The StyleGAN2 training loop: data, logging, samples, checkpoints, export of the EMA generator.
+
+`train_gan(config, workdir)` runs (or resumes) training to `config.steps` iterations. Work
+directory layout:
+
+    checkpoints/     orbax train states (the last `keep_checkpoints`), resumed from automatically
+    generator/       the exported EMA generator: a bundle (`load_generator` reads it) + mean_latent.npy
+    data/            the procedural training set, rendered once (when not held in memory)
+    images/          sample grids (fixed z, EMA generator, fixed noise), PNG
+    metrics.jsonl    scalars per `log_every` iterations (means over the interval), also in tensorboard/
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import pathlib
+import shutil
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gangealing_jax.convert.bundle import save_bundle
+from gangealing_jax.convert.stylegan2 import config_to_dict
+from gangealing_jax.models.discriminator import Discriminator, DiscriminatorConfig
+from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig, mean_latent
+from gangealing_jax.training import gan, parallel
+from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
+from gangealing_jax.training.metrics_log import MetricsWriter, NonFiniteLossError, check_finite
+
+MEAN_LATENT_FILE = "mean_latent.npy"
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+class GANRunResult(NamedTuple):
+    state: gan.GANState
+    step: int  # iterations completed
+    interrupted: bool  # stopped early by SIGTERM (after saving)
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def build_setup(config, mesh) -> gan.GANSetup:
+    m = config.model
+    channels = tuple(int(c) for c in m.channels)
+    generator = Generator(
+        GeneratorConfig(
+            size=m.resolution,
+            style_dim=m.style_dim,
+            n_mlp=m.n_mlp,
+            channels=channels,
+            lr_mlp=m.lr_mlp,
+        )
+    )
+    d_channels = tuple(int(c) for c in m.d_channels) or channels
+    discriminator = Discriminator(
+        DiscriminatorConfig(size=m.resolution, channels=d_channels, stddev_group=m.stddev_group)
+    )
+    return gan.GANSetup(
+        generator=generator,
+        discriminator=discriminator,
+        batch=config.batch,
+        lr=config.lr,
+        r1=config.r1,
+        d_reg_every=config.d_reg_every,
+        path_regularize=config.path_regularize,
+        path_batch_shrink=config.path_batch_shrink,
+        g_reg_every=config.g_reg_every,
+        mixing=config.mixing,
+        ema_decay=config.ema_decay,
+        xflip=config.xflip,
+        mesh=mesh,
+    )
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def training_images(config, workdir: pathlib.Path) -> np.ndarray:
+    """(N, H, W, 3) uint8 (possibly memory-mapped) images to train on."""
+    from gangealing_jax.data import prepared, procedural
+
+    data, res = config.data, config.model.resolution
+    if data.path:
+        images = prepared.PreparedDataset(data.path).images
+    else:
+        family = procedural.ProceduralConfig(resolution=res)
+        nbytes = data.size * res * res * 3
+        if nbytes <= data.in_memory_max_mb * 2**20:
+            images = procedural.generate(data.size, data.seed, family).images
+        else:
+            images = _procedural_on_disk(workdir / "data", data.size, data.seed, family)
+    if images.ndim != 4 or images.shape[1:] != (res, res, 3) or images.dtype != np.uint8:
+        raise ValueError(
+            f"training images are {images.dtype}{list(images.shape)}; the model needs uint8 "
+            f"(N, {res}, {res}, 3)"
+        )
+    return images
+
+
+def _procedural_on_disk(path: pathlib.Path, size: int, seed: int, family) -> np.ndarray:
+    from gangealing_jax.data import prepared
+
+    if (path / "meta.json").is_file():
+        dataset = prepared.PreparedDataset(str(path))
+        meta = dataset.meta
+        if (
+            len(dataset) == size
+            and meta.get("seed") == seed
+            and dataset.resolution == family.resolution
+        ):
+            return dataset.images
+        raise ValueError(
+            f"{path} holds another procedural set ({len(dataset)} images, seed "
+            f"{meta.get('seed')}, resolution {dataset.resolution}); remove it or use another workdir"
+        )
+    if path.exists() and jax.process_index() == 0:
+        shutil.rmtree(path)  # an interrupted rendering (no meta.json)
+    if jax.process_index() == 0:
+        prepared.write_procedural_dataset(str(path), size, seed, family)
+    _sync("procedural_data")
+    return prepared.PreparedDataset(str(path)).images
+
+
+def batch_indices(step: int, batch: int, count: int, seed: int) -> np.ndarray:
+    """Dataset rows of iteration `step`: consecutive slices of one permutation per epoch.
+
+    A pure function of its arguments, so a resumed run reads exactly the batches it would have.
+    """
+    positions = step * batch + np.arange(batch)
+    epochs, offsets = np.divmod(positions, count)
+    out = np.empty(batch, np.int64)
+    for epoch in np.unique(epochs):
+        order = np.random.default_rng([seed, int(epoch)]).permutation(count)
+        sel = epochs == epoch
+        out[sel] = order[offsets[sel]]
+    return out
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def export_generator(directory, setup: gan.GANSetup, state: gan.GANState, key, num_samples: int):
+    """Writes the EMA generator as a 'generator' bundle plus its mean w (`mean_latent.npy`).
+
+    Written beside and swapped in by renames, so an interrupted export keeps the previous one.
+    """
+    directory = pathlib.Path(directory).absolute()
+    tmp = directory.with_name(directory.name + ".tmp")
+    old = directory.with_name(directory.name + ".old")
+    variables = _host_tree(state.ema_variables())
+    w_mean = _mean_latent_fn(setup.generator, num_samples)(variables, key)
+    if jax.process_index() == 0 and tmp.exists():
+        shutil.rmtree(tmp)
+    _sync("export_start")
+    save_bundle(tmp, "generator", config_to_dict(setup.generator.config), variables)
+    if jax.process_index() == 0:
+        np.save(tmp / MEAN_LATENT_FILE, np.asarray(w_mean, np.float32))
+        if directory.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    _sync("export_done")
+    return directory
+
+
+def read_mean_latent(directory) -> np.ndarray:
+    """(1, style_dim) mean w stored with an exported generator."""
+    path = pathlib.Path(directory) / MEAN_LATENT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the generator in {directory} has no mean w")
+    return np.load(path)
+
+
+def init_replicated(setup: gan.GANSetup, key: jax.Array) -> gan.GANState:
+    """`gan.init_state` replicated over `setup.mesh`, jitted once per setup."""
+    return _init_fn(setup)(setup, key)
+
+
+@functools.lru_cache(maxsize=8)
+def _init_fn(setup: gan.GANSetup):
+    # Compiled without backend optimisations: it runs once, and its dozens of random draws cost
+    # XLA's CPU compiler several times longer otherwise.
+    return jax.jit(
+        gan.init_state,
+        static_argnums=0,
+        out_shardings=parallel.replicated(setup.mesh),
+        compiler_options=_FAST_COMPILE,
+    )
+
+
+def _mean_latent_fn(generator: Generator, num_samples: int):
+    return _jitted("mean", generator, num_samples)
+
+
+def _sample_fn(generator: Generator):
+    return _jitted("sample", generator, 0)
+
+
+_JIT_CACHE: dict = {}
+
+
+def _jitted(kind: str, generator: Generator, num: int):
+    key = (kind, generator, num)
+    if key not in _JIT_CACHE:
+        if kind == "mean":
+            fn = jax.jit(lambda v, k: mean_latent(generator, v, k, num))
+        else:
+            fn = jax.jit(lambda v, z: generator.apply(v, z, noise_mode="const"))
+        _JIT_CACHE[key] = fn
+    return _JIT_CACHE[key]
+
+
+def _host_tree(tree):
+    """Replicated device arrays -> numpy (one local copy; works on every host)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if x.dtype.kind == "f"]
+    return jnp.all(jnp.stack(leaves))
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+def train_gan(config, workdir: str | os.PathLike) -> GANRunResult:
+    """Trains (or resumes) the generator and discriminator to `config.steps` iterations."""
+    from tqdm import tqdm
+
+    parallel.initialize_distributed(config.distributed or None)
+    workdir = pathlib.Path(workdir).absolute()
+    main_process = jax.process_index() == 0
+    mesh = parallel.make_mesh()
+    setup = build_setup(config, mesh)
+    parallel.check_batch_size(config.batch, mesh)
+    steps = gan.make_steps(setup, fast_compile=config.fast_compile)
+    images = training_images(config, workdir)
+    rows = parallel.process_batch_slice(config.batch)
+
+    init_key, sample_key, mean_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    state = init_replicated(setup, init_key)
+    ckpt_dir = workdir / "checkpoints"
+    ckpts = CheckpointManager(ckpt_dir, save_every=config.ckpt_every, keep=config.keep_checkpoints)
+    state = ckpts.restore_latest(state)
+    step = int(jax.device_get(state.step))
+
+    writer = MetricsWriter(workdir, enabled=main_process)
+    sample_z = jax.random.normal(sample_key, (config.n_samples, config.model.style_dim))
+    sample = _sample_fn(setup.generator)
+
+    def write_samples(at_step: int):
+        grid = sample(_host_tree(state.ema_variables()), sample_z)
+        writer.images(at_step, "samples", np.asarray(grid))
+
+    exported = [None]  # iteration of the last export
+
+    def checkpoint(at_step: int, force: bool = False) -> None:
+        if not (force or ckpts.should_save(at_step)):
+            return
+        if not bool(_all_finite((state.g_params, state.d_params, state.ema_params))):
+            raise NonFiniteLossError(
+                f"non-finite parameters after iteration {at_step}; training stopped without "
+                f"saving. The last good checkpoint in {ckpt_dir} is intact."
+            )
+        saved = ckpts.save(at_step, state, force=force)
+        if (saved or force) and exported[0] != at_step:
+            export_generator(workdir / "generator", setup, state, mean_key, config.mean_samples)
+            exported[0] = at_step
+
+    sums, counts = collections.defaultdict(float), collections.defaultdict(int)
+    interrupted = False
+    try:
+        with TerminationRequest() as stop:
+            bar = tqdm(
+                range(step, config.steps),
+                initial=step,
+                total=config.steps,
+                desc="gan",
+                disable=not (main_process and config.progress),
+                dynamic_ncols=True,
+            )
+            if step == 0:
+                write_samples(0)
+            for i in bar:
+                idx = batch_indices(i, config.batch, len(images), config.data.seed)
+                real = parallel.shard_batch(images[np.sort(idx[rows])], mesh)
+                state, metrics = gan.train_iteration(steps, setup, state, real, i)
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                check_finite(metrics, i, ckpt_dir)
+                for k, v in metrics.items():
+                    sums[k] += v
+                    counts[k] += 1
+                done = i + 1
+                if done % config.log_every == 0 or done == config.steps:
+                    means = {k: sums[k] / counts[k] for k in sums}
+                    writer.scalars(i, means)
+                    bar.set_postfix(
+                        {k: f"{means[k]:.3f}" for k in ("d_loss", "g_loss", "r1") if k in means}
+                    )
+                    sums.clear()
+                    counts.clear()
+                if done % config.sample_every == 0:
+                    write_samples(done)
+                checkpoint(done)
+                step = done
+                if parallel.any_process(stop.requested):
+                    interrupted = step < config.steps
+                    break
+            bar.close()
+        checkpoint(step, force=True)
+        if step % config.sample_every:
+            write_samples(step)
+    finally:
+        writer.close()
+        ckpts.close()
+    return GANRunResult(state=state, step=step, interrupted=interrupted)
