@@ -8,6 +8,8 @@ import pytest
 
 from configs import test as test_config
 from gangealing_jax.convert.bundle import load_bundle
+from gangealing_jax.data.prepared import write_procedural_dataset
+from gangealing_jax.data.procedural import ProceduralConfig
 from gangealing_jax.training.checkpoints import CheckpointManager
 from gangealing_jax.training.gangealing_loop import train
 from gangealing_jax.training.metrics_log import NonFiniteLossError
@@ -22,11 +24,15 @@ def _config(iters):
 
 
 def test_run_resume_equals_uninterrupted_and_nan_keeps_checkpoints(tmp_path):
-    whole = train(_config(8), tmp_path / "whole")
+    write_procedural_dataset(tmp_path / "real", 8, seed=0, config=ProceduralConfig(resolution=32))
+    config = _config(8)
+    config.real_data_path = str(tmp_path / "real")  # 32x32 real images, flow_size 16
+    whole = train(config, tmp_path / "whole")
     assert whole.step == 8 and not whole.interrupted
     for name in ("config.json", "metrics.jsonl", "final_metrics.json", "congealing_init.npz"):
         assert (tmp_path / "whole" / name).is_file(), name
-    assert list((tmp_path / "whole" / "images").glob("samples_congealed_*.png"))
+    for name in ("samples_congealed", "samples_target", "real_congealed", "real_average"):
+        assert list((tmp_path / "whole" / "images").glob(f"{name}_*.png")), name
     assert list((tmp_path / "whole" / "tensorboard").iterdir())
     records = [json.loads(line) for line in open(tmp_path / "whole" / "metrics.jsonl")]
     assert [r["step"] for r in records][-1] == 8 and all(np.isfinite(r["loss"]) for r in records)

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from gangealing_jax.convert.bundle import save_bundle
 from gangealing_jax.convert.stn import stn_config_to_dict
 from gangealing_jax.convert.stylegan2 import config_to_dict
-from gangealing_jax.losses.gangealing import gangealing_objective
+from gangealing_jax.data.prepared import PreparedDataset
+from gangealing_jax.losses.gangealing import gangealing_objective, resize_to_flow
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
 from gangealing_jax.training.gangealing_setup import RunSetup, build_run
 from gangealing_jax.training.gangealing_step import make_train_step
@@ -43,6 +44,24 @@ def visual_batch(setup: RunSetup, state, z: jnp.ndarray, psi):
         generator=setup.generator, stn=setup.stn, settings=setup.step_settings.objective,
     )  # fmt: skip
     return terms.unaligned, terms.target, terms.aligned_pred
+
+
+def real_visual_images(config) -> jnp.ndarray | None:
+    """The first `n_sample` real images of `real_data_path` in [-1, 1] (None without real data)."""
+    if not config.real_data_path:
+        return None
+    images = PreparedDataset(config.real_data_path).images[: config.n_sample]
+    return jnp.asarray(np.asarray(images, np.float32) / 127.5 - 1.0)
+
+
+def congeal_real(setup: RunSetup, state, images, padding_mode: str):
+    """Real images congealed by the EMA STN at their own resolution, and their average."""
+    flow = setup.stn.config.flow_size
+    inputs = resize_to_flow(images, flow) if images.shape[1] % flow == 0 else images
+    out = setup.stn.apply(
+        state.ema_stn, inputs, images, output_resolution=images.shape[1], padding_mode=padding_mode
+    )
+    return out.image, jnp.mean(out.image, axis=0, keepdims=True)
 
 
 def export_model(directory, config, setup: RunSetup, state) -> pathlib.Path:
@@ -97,6 +116,8 @@ def train(config, workdir: str | os.PathLike) -> RunResult:
         (max(1, config.n_sample // config.num_heads), setup.generator.config.style_dim),
     )
     visuals = jax.jit(lambda s, z, psi: visual_batch(setup, s, z, psi))
+    reals = real_visual_images(config)
+    real_visuals = jax.jit(lambda s, x: congeal_real(setup, s, x, config.stn.padding_mode))
     metrics, interrupted = {}, False
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters, disable=not primary)
     with TerminationRequest() as stop:
@@ -119,6 +140,10 @@ def train(config, workdir: str | os.PathLike) -> RunResult:
                 writer.images(it, "samples/unaligned", unaligned)
                 writer.images(it, "samples/target", target)
                 writer.images(it, "samples/congealed", congealed)
+                if reals is not None:
+                    congealed_reals, average = jax.device_get(real_visuals(state, reals))
+                    writer.images(it, "real/congealed", congealed_reals)
+                    writer.images(it, "real/average", average, nrow=1)
             if must_save or stop.requested:
                 ckpts.save(it, state, force=True)
             if stop.requested:
@@ -131,7 +156,3 @@ def train(config, workdir: str | os.PathLike) -> RunResult:
         (workdir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
     writer.close()
     return RunResult(int(state.step), interrupted, metrics, model_dir)
-
-
-def host_array(x) -> np.ndarray:
-    return np.asarray(jax.device_get(x))
