@@ -5,10 +5,10 @@ import pathlib
 import re
 import signal
 import subprocess
-
-import pytest
 import sys
 import time
+
+import pytest
 
 from gangealing_jax.training.checkpoints import CheckpointManager
 
