@@ -128,3 +128,16 @@ def conv_weight_to_hwio(w: np.ndarray) -> np.ndarray:
 def linear_weight_to_io(w: np.ndarray) -> np.ndarray:
     """torch (out, in) -> (in, out)."""
     return np.ascontiguousarray(w.T)
+
+
+def conv_layer_key(module: str, leaf: tuple[str, ...], downsample: bool) -> tuple[str, str]:
+    """Flax ConvLayer leaf -> (torch key, layout). The torch ConvLayer is a Sequential that starts
+    with its Blur when downsampling, so the conv and activation indices shift by one."""
+    offset = 1 if downsample else 0
+    if leaf == ("conv", "weight"):
+        return f"{module}.{offset}.weight", "conv"
+    if leaf == ("conv", "bias"):
+        return f"{module}.{offset}.bias", "plain"
+    if leaf == ("act", "bias"):
+        return f"{module}.{offset + 1}.bias", "plain"
+    raise KeyError(leaf)

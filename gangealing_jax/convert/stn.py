@@ -24,6 +24,7 @@ import numpy as np
 from gangealing_jax.convert.bundle import is_bundle, load_bundle
 from gangealing_jax.convert.state_dict import (
     CheckpointError,
+    conv_layer_key,
     conv_weight_to_hwio,
     linear_weight_to_io,
     module_state,
@@ -144,30 +145,19 @@ def stn_config_from_state(state, path: str = "", flow_size: int | None = None) -
     )
 
 
-def _conv_layer_key(module: str, leaf: tuple[str, ...], downsample: bool):
-    offset = 1 if downsample else 0  # a downsampling ConvLayer starts with its Blur
-    if leaf == ("conv", "weight"):
-        return f"{module}.{offset}.weight", "conv"
-    if leaf == ("conv", "bias"):
-        return f"{module}.{offset}.bias", "plain"
-    if leaf == ("act", "bias"):
-        return f"{module}.{offset + 1}.bias", "plain"
-    raise KeyError(leaf)
-
-
 def _stage_key(config: STNConfig, transform: str, names: tuple[str, ...]):
     """Flax path inside one stage -> (torch key inside the stage, layout)."""
     head, *rest = names
     rest = tuple(rest)
     if head == "convs_0":
-        return _conv_layer_key("convs.0", rest, False)
+        return conv_layer_key("convs.0", rest, False)
     if m := re.fullmatch(r"convs_(\d+)", head):
         j = int(m.group(1))
         downsample = trunk_plan(config, transform).blocks[j - 1][1]
         sub, *leaf = rest
-        return _conv_layer_key(f"convs.{j}.{sub}", tuple(leaf), downsample and sub != "conv1")
+        return conv_layer_key(f"convs.{j}.{sub}", tuple(leaf), downsample and sub != "conv1")
     if head == "final_conv":
-        return _conv_layer_key("final_conv", rest, False)
+        return conv_layer_key("final_conv", rest, False)
     if head == "final_linear":
         return f"final_linear.{rest[0]}", "flat_linear" if rest[0] == "weight" else "plain"
     if head == "warp_head":

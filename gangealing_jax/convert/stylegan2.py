@@ -17,6 +17,7 @@ import numpy as np
 from gangealing_jax.convert.bundle import is_bundle, load_bundle
 from gangealing_jax.convert.state_dict import (
     CheckpointError,
+    conv_layer_key,
     conv_weight_to_hwio,
     linear_weight_to_io,
     module_state,
@@ -181,26 +182,15 @@ def discriminator_config_from_state(state, path: str = "") -> DiscriminatorConfi
     return DiscriminatorConfig(size=2 ** (num_res + 2), channels=tuple(chans))
 
 
-def _conv_layer_key(module: str, rest: tuple[str, ...], downsample: bool):
-    conv_index = 1 if downsample else 0
-    if rest == ("conv", "weight"):
-        return f"{module}.{conv_index}.weight", "conv"
-    if rest == ("conv", "bias"):
-        return f"{module}.{conv_index}.bias", "plain"
-    if rest == ("act", "bias"):
-        return f"{module}.{conv_index + 1}.bias", "plain"
-    raise KeyError(rest)
-
-
 def _discriminator_key(flax_path: tuple[str, ...]):
     _, head, *rest = flax_path
     if head == "convs_0":
-        return _conv_layer_key("convs.0", tuple(rest), False)
+        return conv_layer_key("convs.0", tuple(rest), False)
     if m := re.fullmatch(r"convs_(\d+)", head):
         sub, *leaf = rest
-        return _conv_layer_key(f"convs.{m.group(1)}.{sub}", tuple(leaf), sub != "conv1")
+        return conv_layer_key(f"convs.{m.group(1)}.{sub}", tuple(leaf), sub != "conv1")
     if head == "final_conv":
-        return _conv_layer_key("final_conv", tuple(rest), False)
+        return conv_layer_key("final_conv", tuple(rest), False)
     if m := re.fullmatch(r"final_linear_(\d+)", head):
         return f"final_linear.{m.group(1)}.{rest[0]}", "linear" if rest[0] == "weight" else "plain"
     raise KeyError(flax_path)
