@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -16,8 +18,7 @@ from gangealing_jax.ops.upfirdn2d import (
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
-def conv2d(x, weight, *, stride: int = 1, padding: int = 0, groups: int = 1):
-    """Cross-correlation as torch's conv2d does it. x: (N, H, W, Cin); weight: (k, k, Cin/g, Cout)."""
+def _lax_conv(x, weight, stride: int, padding: int, groups: int = 1):
     return lax.conv_general_dilated(
         x,
         weight,
@@ -29,18 +30,119 @@ def conv2d(x, weight, *, stride: int = 1, padding: int = 0, groups: int = 1):
     )
 
 
+def conv2d(x, weight, *, stride: int = 1, padding: int = 0, groups: int = 1):
+    """Cross-correlation as torch's conv2d does it. x: (N, H, W, Cin); weight: (k, k, Cin/g, Cout)."""
+    if groups != 1 or stride not in (1, 2):
+        return _lax_conv(x, weight, stride, padding, groups)
+    return _conv2d(x, weight, stride, padding)
+
+
 def conv_transpose2d_stride2(x, weight):
     """torch conv_transpose2d(stride=2, padding=0). weight: (k, k, Cin, Cout) -> (N, 2H+k-2, ...)."""
-    k = weight.shape[0]
-    return lax.conv_general_dilated(
-        x,
-        jnp.flip(weight, (0, 1)),
-        window_strides=(1, 1),
-        padding=[(k - 1, k - 1), (k - 1, k - 1)],
-        lhs_dilation=(2, 2),
-        dimension_numbers=_DIMS,
-        precision=lax.Precision.HIGHEST,
+    return _conv_transpose2d_stride2(x, weight)
+
+
+# Both convolutions carry their own gradients: XLA's CPU backward-filter convolution is several
+# times slower than one matrix product over im2col patches, and the transposed convolution's
+# lhs-dilated form multiplies mostly inserted zeros. The backward passes are written with these
+# same differentiable ops, so second-order gradients (R1, path length) still work.
+
+
+def _patches(x, k: int, stride: int, out_h: int, out_w: int):
+    """(N, out_h, out_w, k*k, C): the k*k strided windows of x, row-major over the taps."""
+    windows = [
+        x[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride]
+        for i in range(k)
+        for j in range(k)
+    ]
+    return jnp.stack(windows, axis=3)
+
+
+def _contract_batch_and_space(a, b):
+    """sum over (N, H, W) of a (N, H, W, ...A) and b (N, H, W, ...B) -> (...A, ...B)."""
+    return lax.dot_general(
+        a, b, (((0, 1, 2), (0, 1, 2)), ((), ())), precision=lax.Precision.HIGHEST
     )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d(x, weight, stride: int, padding: int):
+    return _lax_conv(x, weight, stride, padding)
+
+
+def _conv2d_fwd(x, weight, stride, padding):
+    return _conv2d(x, weight, stride, padding), (x, weight)
+
+
+def _conv2d_bwd(stride, padding, residuals, grad):
+    x, weight = residuals
+    k, _, cin, cout = weight.shape
+    padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    out_h, out_w = grad.shape[1:3]
+    patches = _patches(padded, k, stride, out_h, out_w)  # (N, h, w, k*k, Cin)
+    grad_weight = _contract_batch_and_space(patches, grad).reshape(k, k, cin, cout)
+    # The input gradient is the transposed convolution of grad, taken over the padded input.
+    transposed = jnp.swapaxes(weight, 2, 3)
+    if stride == 1:
+        grad_padded = _conv2d(grad, jnp.flip(transposed, (0, 1)), 1, k - 1)
+    else:
+        grad_padded = _conv_transpose2d_stride2(grad, transposed)
+    # Rows/columns the strided windows never reached get no gradient.
+    extra_h = padded.shape[1] - grad_padded.shape[1]
+    extra_w = padded.shape[2] - grad_padded.shape[2]
+    grad_padded = jnp.pad(grad_padded, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)))
+    grad_x = grad_padded[:, padding : padding + x.shape[1], padding : padding + x.shape[2]]
+    return grad_x, grad_weight
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def _phase_kernel(weight):
+    """Regular-conv kernel computing the four output phases of a stride-2 transposed conv.
+
+    Output pixel (2a + py, 2b + px) sums x[a - s, b - t] * weight[2s + py, 2t + px]; in a
+    correlation window of `taps` = ceil(k/2) rows that is window row taps-1-s, so the phase kernel
+    holds weight[2(taps-1-r) + py] at row r (zero where that tap does not exist).
+    """
+    k, _, cin, cout = weight.shape
+    taps = (k + 1) // 2
+    padded = jnp.pad(weight, ((0, 2 * taps - k), (0, 2 * taps - k), (0, 0), (0, 0)))
+    # (2*taps) -> (taps, phase) with tap index 2*s + phase, then reverse s into window order.
+    phases = padded.reshape(taps, 2, taps, 2, cin, cout)[::-1, :, ::-1]
+    # -> (row, col, cin, py, px, cout) -> (taps, taps, cin, 4 * cout)
+    return phases.transpose(0, 2, 4, 1, 3, 5).reshape(taps, taps, cin, 4 * cout)
+
+
+@jax.custom_vjp
+def _conv_transpose2d_stride2(x, weight):
+    k, cout = weight.shape[0], weight.shape[3]
+    n, h, w = x.shape[:3]
+    taps = (k + 1) // 2
+    out = _lax_conv(x, _phase_kernel(weight), 1, taps - 1)  # (N, h+taps-1, w+taps-1, 4*cout)
+    rows, cols = out.shape[1:3]
+    out = out.reshape(n, rows, cols, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5)
+    out = out.reshape(n, 2 * rows, 2 * cols, cout)
+    return out[:, : 2 * h + k - 2, : 2 * w + k - 2]
+
+
+def _conv_transpose_fwd(x, weight):
+    return _conv_transpose2d_stride2(x, weight), (x, weight)
+
+
+def _conv_transpose_bwd(residuals, grad):
+    x, weight = residuals
+    k = weight.shape[0]
+    h, w = x.shape[1:3]
+    grad_x = _conv2d(grad, jnp.swapaxes(weight, 2, 3), 2, 0)
+    # weight[i, j, c, o] sees grad at (2a + i, 2b + j) times x[a, b, c].
+    windows = _patches(grad, k, 2, h, w)  # (N, h, w, k*k, Cout)
+    grad_weight = _contract_batch_and_space(x, windows)  # (Cin, k*k, Cout)
+    grad_weight = grad_weight.reshape(x.shape[3], k, k, -1).transpose(1, 2, 0, 3)
+    return grad_x, grad_weight
+
+
+_conv_transpose2d_stride2.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
 
 
 def modulated_conv2d(

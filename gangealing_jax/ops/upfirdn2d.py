@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -34,6 +35,9 @@ def upfirdn2d(
     """x: (N, H, W, C); kernel: (kh, kw). `up`/`down` as int or (y, x).
 
     `pad` is (p0, p1) applied to both axes, or (pad_x0, pad_x1, pad_y0, pad_y1) per axis.
+    A concrete (NumPy) kernel is applied as weighted shifted slices, separably when it is an outer
+    product: on CPU this is an order of magnitude faster than a depthwise convolution, forward and
+    backward, and it differentiates to any order. A traced kernel takes the depthwise-conv path.
     """
     up_y, up_x = (up, up) if isinstance(up, int) else up
     down_y, down_x = (down, down) if isinstance(down, int) else down
@@ -41,8 +45,6 @@ def upfirdn2d(
         pad_x0, pad_x1, pad_y0, pad_y1 = pad[0], pad[1], pad[0], pad[1]
     else:
         pad_x0, pad_x1, pad_y0, pad_y1 = pad
-    channels = x.shape[-1]
-    kernel = jnp.asarray(kernel, dtype=x.dtype)
     # Zero insertion (interior padding), trailing zeros of the last sample, then the pad/crop, in one
     # lax.pad: negative edge padding crops exactly as the reference's slice does.
     x = lax.pad(
@@ -55,13 +57,61 @@ def upfirdn2d(
             (0, 0, 0),
         ],
     )
-    # True convolution = cross-correlation with the flipped kernel; depthwise over channels.
-    w = jnp.flip(kernel, (0, 1))[:, :, None, None]
+    if isinstance(kernel, jax.core.Tracer):
+        return _depthwise_fir(x, kernel, down_y, down_x)
+    # True convolution = cross-correlation with the flipped kernel.
+    flipped = np.flip(np.asarray(kernel, np.float64), (0, 1))
+    factors = _separable_factors(flipped)
+    if factors is None:
+        return _correlate_taps(x, flipped, down_y, down_x)
+    column, row = factors
+    x = _correlate_taps(x, column[:, None], down_y, 1)
+    return _correlate_taps(x, row[None, :], 1, down_x)
+
+
+def _separable_factors(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(column, row) with kernel == outer(column, row) up to float64 rounding, else None."""
+    rows, cols = np.nonzero(kernel)
+    if rows.size == 0:
+        return None
+    pivot_row, pivot_col = rows[0], cols[0]
+    column = kernel[:, pivot_col] / kernel[pivot_row, pivot_col]
+    row = kernel[pivot_row, :]
+    if not np.allclose(np.outer(column, row), kernel, rtol=1e-12, atol=1e-15):
+        return None
+    return column, row
+
+
+def _correlate_taps(x: jnp.ndarray, taps: np.ndarray, stride_y: int, stride_x: int) -> jnp.ndarray:
+    """VALID cross-correlation of every channel with the constant 2-D `taps`, then striding."""
+    kh, kw = taps.shape
+    out_h = (x.shape[1] - kh) // stride_y + 1
+    out_w = (x.shape[2] - kw) // stride_x + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            if taps[i, j] == 0:
+                continue
+            window = x[
+                :,
+                i : i + stride_y * (out_h - 1) + 1 : stride_y,
+                j : j + stride_x * (out_w - 1) + 1 : stride_x,
+            ]
+            term = window * jnp.asarray(taps[i, j], x.dtype)
+            out = term if out is None else out + term
+    if out is None:
+        return jnp.zeros((x.shape[0], out_h, out_w, x.shape[3]), x.dtype)
+    return out
+
+
+def _depthwise_fir(x: jnp.ndarray, kernel, stride_y: int, stride_x: int) -> jnp.ndarray:
+    channels = x.shape[-1]
+    w = jnp.flip(jnp.asarray(kernel, x.dtype), (0, 1))[:, :, None, None]
     w = jnp.tile(w, (1, 1, 1, channels))  # (kh, kw, 1, C)
     return lax.conv_general_dilated(
         x,
         w,
-        window_strides=(down_y, down_x),
+        window_strides=(stride_y, stride_x),
         padding="VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=channels,
