@@ -88,7 +88,12 @@ def training_images(config, workdir: pathlib.Path) -> np.ndarray:
     if data.path:
         images = prepared.PreparedDataset(data.path).images
     else:
-        family = procedural.ProceduralConfig(resolution=res)
+        family = procedural.ProceduralConfig(
+            resolution=res,
+            clutter_range=tuple(
+                data.get("clutter_range", procedural.ProceduralConfig.clutter_range)
+            ),
+        )
         nbytes = data.size * res * res * 3
         if nbytes <= data.in_memory_max_mb * 2**20:
             images = procedural.generate(data.size, data.seed, family).images
