@@ -83,7 +83,16 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Evaluation after training (PCK-Transfer on a prepared dataset with keypoints).
     c.eval = ml_collections.ConfigDict()
-    c.eval.data = ""  # prepared dataset with keypoints and pairs; "" = no evaluation
+    # data: a prepared dataset with keypoints, "procedural" (held-out procedural faces rendered
+    # into workdir/eval_data with the fields below), or "" for no evaluation.
+    c.eval.data = ""
+    c.eval.protocol = "spair"  # spair: fixed pairs, alpha * max bbox side | cub: image side
     c.eval.alphas = (0.1, 0.05)  # PCK thresholds
     c.eval.flips = False  # flip-aware inference when transferring points
+    c.eval.batch = 16  # pairs per (sharded) batch
+    c.eval.num_pairs = 1_000  # pairs scored (cub protocol, and rendered procedural sets)
+    c.eval.resolution = 64  # procedural: image side
+    c.eval.count = 500  # procedural: images rendered
+    c.eval.seed = 1_000_003  # procedural: family seed (the generator trained on seed 0)
+    c.eval.clutter_range = (1, 4)  # procedural: background shapes per image
     return c

@@ -1,22 +1,35 @@
 """Train GANgealing: a spatial transformer and a congealing vector against a frozen StyleGAN2.
 
+    python -m gangealing_jax.train                      # the embedded default (configs/embedded.py)
     python -m gangealing_jax.train --config configs/cat.py --workdir runs/cat [--config.batch=40]
 
-Rerunning with the same --workdir resumes from its latest checkpoint. SIGTERM saves and exits.
+The work directory defaults to runs/<config name>. Rerunning with the same --workdir resumes from
+its latest checkpoint. SIGTERM saves and exits. When the config names evaluation data
+(`eval.data`), the finished run is scored by PCK-Transfer and `summary.json` is written.
 """
+
+import json
+import pathlib
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import configs
+from gangealing_jax.apps.evaluate import evaluate_run, write_summary
 from gangealing_jax.convert.state_dict import CheckpointError
 from gangealing_jax.losses.perceptual import MissingWeightsError
 from gangealing_jax.training.checkpoints import CheckpointDiskFullError
 from gangealing_jax.training.gangealing_loop import train
 from gangealing_jax.training.metrics_log import NonFiniteLossError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py file", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/gangealing", "checkpoints, logs, visuals, model")
-flags.mark_flags_as_required(["config"])
+DEFAULT_CONFIG = pathlib.Path(configs.__file__).resolve().parent / "embedded.py"
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(DEFAULT_CONFIG), "configs/*.py file", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "checkpoints, logs, visuals, model (default: runs/<config name>)"
+)
 
 
 def main(argv):
@@ -24,8 +37,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    started = time.time()
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or f"runs/{_config_name()}"
     try:
-        result = train(_CONFIG.value, _WORKDIR.value)
+        result = train(config, workdir)
     except (
         NonFiniteLossError, CheckpointDiskFullError, CheckpointError, MissingWeightsError
     ) as err:  # fmt: skip
@@ -33,6 +49,18 @@ def main(argv):
     what = "interrupted" if result.interrupted else "finished"
     print(f"{what} at iteration {result.step}; model exported to {result.model_dir}")
     print({k: round(v, 6) for k, v in result.metrics.items()})
+    if config.eval.data and not result.interrupted:
+        summary = evaluate_run(config, workdir, result.model_dir)
+        summary["seconds"] = round(time.time() - started, 1)
+        path = write_summary(workdir, summary)
+        print(json.dumps({"pck": summary["pck"], "seconds": summary["seconds"]}))
+        print(f"summary: {path}; congealed images: {pathlib.Path(workdir) / 'congealed_grid.png'}")
+
+
+def _config_name() -> str:
+    """Stem of the --config file."""
+    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    return pathlib.Path(path).stem
 
 
 if __name__ == "__main__":

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _correct(est, gt, threshold, alphas, visible):
-    """Visible-weighted count of correct points per alpha: (len(alphas),) float64."""
+def pair_counts(est, gt, threshold, alphas, visible) -> np.ndarray:
+    """(N, len(alphas)) float64: per pair, the visible-weighted count of correct points per alpha."""
     err = np.linalg.norm(np.asarray(est, np.float32) - np.asarray(gt, np.float32)[..., :2], axis=-1)
     bound = np.asarray(alphas, np.float32)[None, None, :] * np.asarray(
         threshold, np.float32
     ).reshape(-1, 1, 1)
     hits = (err[..., None] <= bound).astype(np.float64)  # (N, P, A)
-    return np.sum(hits * visible[..., None], axis=(0, 1))
+    return np.sum(hits * visible[..., None], axis=1)
 
 
 def visibility(kps_a: np.ndarray, kps_b: np.ndarray) -> np.ndarray:
@@ -46,10 +46,10 @@ class PCKAccumulator:
     def add(self, est_b, kps_a, kps_b, threshold_b, est_a=None, threshold_a=None) -> None:
         """One batch of pairs. est_*: (N, P, 2) pixel (x, y); kps_*: (N, P, 2|3); thresholds (N,)."""
         vis = visibility(np.asarray(kps_a), np.asarray(kps_b))
-        self.correct += _correct(est_b, kps_b, threshold_b, self.alphas, vis)
+        self.correct += pair_counts(est_b, kps_b, threshold_b, self.alphas, vis).sum(axis=0)
         self.visible += float(vis.sum())
         if est_a is not None:
-            self.correct += _correct(est_a, kps_a, threshold_a, self.alphas, vis)
+            self.correct += pair_counts(est_a, kps_a, threshold_a, self.alphas, vis).sum(axis=0)
             self.visible += float(vis.sum())
 
     def merge(self, other: PCKAccumulator) -> None:

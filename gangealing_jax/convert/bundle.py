@@ -15,6 +15,7 @@ import numpy as np
 from gangealing_jax.convert.state_dict import CheckpointError
 
 BUNDLE_FORMAT = 1
+TRAINED_MODEL_KIND = "gangealing"  # exported by training: STN, congealing vector, settings
 
 
 def save_bundle(directory: str | os.PathLike, kind: str, config: dict, variables) -> pathlib.Path:
@@ -39,6 +40,14 @@ def save_bundle(directory: str | os.PathLike, kind: str, config: dict, variables
 
 def is_bundle(path: str | os.PathLike) -> bool:
     return (pathlib.Path(path) / "model.json").is_file()
+
+
+def bundle_kind(path: str | os.PathLike) -> str | None:
+    """The `kind` recorded in a bundle's model.json (None when unreadable)."""
+    try:
+        return json.loads((pathlib.Path(path) / "model.json").read_text()).get("kind")
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def load_bundle(directory: str | os.PathLike, kind: str | None = None) -> tuple[dict, dict]:

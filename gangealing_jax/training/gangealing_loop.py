@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from gangealing_jax.convert.bundle import save_bundle
+from gangealing_jax.convert.bundle import TRAINED_MODEL_KIND, save_bundle
 from gangealing_jax.convert.stn import stn_config_to_dict
 from gangealing_jax.convert.stylegan2 import config_to_dict
 from gangealing_jax.data.prepared import PreparedDataset
@@ -85,7 +85,7 @@ def export_model(directory, config, setup: RunSetup, state) -> pathlib.Path:
         "test_time": config.test_time.to_dict(),
         "train_padding_mode": config.stn.padding_mode,
     }
-    return save_bundle(directory, "gangealing", meta, host)
+    return save_bundle(directory, TRAINED_MODEL_KIND, meta, host)
 
 
 def train(config, workdir: str | os.PathLike) -> RunResult:

@@ -1,0 +1,117 @@
+"""Scoring a finished training run: PCK-Transfer against the identity warp, and congealed visuals.
+
+`evaluate_run` is what `python -m gangealing_jax.train` calls after training when `eval.data` is
+set; it writes `summary.json`, `congealed_average.png` and `congealed_grid.png` to the work
+directory. With eval.data = "procedural", held-out procedural faces are rendered once into
+`workdir/eval_data` (a prepared dataset) and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gangealing_jax.apps.model import AlignmentModel, load_model
+from gangealing_jax.apps.pck import evaluate_pck, stn_input
+from gangealing_jax.data import procedural
+from gangealing_jax.data.prepared import PreparedDataset, write_procedural_dataset
+from gangealing_jax.training.metrics_log import image_grid, save_png
+
+PROCEDURAL = "procedural"
+GRID_IMAGES = 64  # congealed images shown in congealed_grid.png
+AVERAGED_IMAGES = 500  # congealed images averaged in congealed_average.png
+
+
+def procedural_eval_config(eval_config) -> procedural.ProceduralConfig:
+    return procedural.ProceduralConfig(
+        resolution=int(eval_config.resolution),
+        clutter_range=tuple(int(v) for v in eval_config.clutter_range),
+    )
+
+
+def evaluation_dataset(eval_config, workdir: pathlib.Path) -> PreparedDataset:
+    """The prepared dataset named by eval.data, rendering the procedural one when asked to."""
+    if eval_config.data != PROCEDURAL:
+        return PreparedDataset(str(eval_config.data))
+    path = workdir / "eval_data"
+    family = procedural_eval_config(eval_config)
+    if (path / "meta.json").is_file():
+        dataset = PreparedDataset(str(path))
+        meta = dataset.meta
+        same = (
+            meta.get("seed") == int(eval_config.seed)
+            and len(dataset) == int(eval_config.count)
+            and len(dataset.pairs) == int(eval_config.num_pairs)
+            and meta.get("procedural_config", {}).get("resolution") == family.resolution
+            and list(meta.get("procedural_config", {}).get("clutter_range", []))
+            == list(family.clutter_range)
+        )
+        if same:
+            return dataset
+        raise FileExistsError(
+            f"{path} holds another evaluation set; delete it or use a new --workdir"
+        )
+    return write_procedural_dataset(
+        str(path),
+        int(eval_config.count),
+        int(eval_config.seed),
+        family,
+        num_pairs=int(eval_config.num_pairs),
+    )
+
+
+def congealed_images(model: AlignmentModel, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """(N, R, R, 3) congealed copies in [-1, 1] of uint8 images (N, R, R, 3), at their own size."""
+    flow = model.flow_size
+
+    @jax.jit
+    def run(chunk):
+        source = chunk.astype(jnp.float32) / 127.5 - 1.0
+        return model.congeal(stn_input(source, flow), source, output_resolution=source.shape[1])
+
+    outputs = [
+        np.asarray(run(jnp.asarray(images[i : i + batch])).image)
+        for i in range(0, len(images), batch)
+    ]
+    return np.concatenate(outputs)
+
+
+def evaluate_run(config, workdir, model_dir) -> dict:
+    """PCK of the trained STN and of the identity warp, plus the congealed visuals."""
+    workdir = pathlib.Path(workdir)
+    dataset = evaluation_dataset(config.eval, workdir)
+    model = load_model(model_dir)
+    model = model._replace(test_time=dict(model.test_time, flips=bool(config.eval.flips)))
+    options = dict(
+        protocol=config.eval.protocol,
+        alphas=tuple(float(a) for a in config.eval.alphas),
+        batch_size=int(config.eval.batch),
+        num_pairs=int(config.eval.num_pairs),
+        seed=int(config.seed),
+    )
+    stn = evaluate_pck(model, dataset, **options)
+    identity = evaluate_pck(None, dataset, **options)
+    shown = np.asarray(dataset.images[: min(len(dataset), AVERAGED_IMAGES)])
+    congealed = congealed_images(model, shown)
+    save_png(image_grid(congealed[:GRID_IMAGES]), workdir / "congealed_grid.png")
+    save_png(image_grid(shown[:GRID_IMAGES] / 127.5 - 1.0), workdir / "input_grid.png")
+    average = congealed.mean(axis=0, keepdims=True)
+    save_png(image_grid(average, padding=0), workdir / "congealed_average.png")
+    return {
+        "pck": {"stn": stn.pck, "identity": identity.pck},
+        "pck_bootstrap_std": {"stn": stn.stderr, "identity": identity.stderr},
+        "protocol": config.eval.protocol,
+        "pairs": stn.pairs,
+        "keypoints": stn.keypoints,
+        "eval_data": str(dataset.path),
+    }
+
+
+def write_summary(workdir, summary: dict) -> pathlib.Path:
+    path = pathlib.Path(workdir) / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
