@@ -102,11 +102,12 @@ def run_case(batch: int, num_devices: int, iters: int, full: bool) -> dict:
     flops = flops_of(compiled)
     state, metrics = compiled(state, frozen, distance)  # warm-up
     jax.block_until_ready(state)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(iters):
         state, metrics = compiled(state, frozen, distance)
     jax.block_until_ready(state)
     per_step = (time.perf_counter() - start) / iters
+    cpu_per_step = (time.process_time() - cpu_start) / iters
     record = {
         "benchmark": "train_step",
         "arch": "reference" if full else "bench_small",
@@ -115,6 +116,8 @@ def run_case(batch: int, num_devices: int, iters: int, full: bool) -> dict:
         "psi": round(float(metrics["psi"]), 4),
         "steps_per_s": 1.0 / per_step,
         "images_per_s": batch / per_step,
+        # CPU time of all threads per step: on a shared machine, less disturbed than wall time.
+        "process_cpu_s_per_step": cpu_per_step,
         "compile_s": compile_s,
         "flops_per_step": flops,
         "flops_per_s": flops / per_step if flops else None,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs.gan import test as test_config
+from gangealing_jax.convert.bundle import unpack_bundle
 from gangealing_jax.convert.stylegan2 import load_generator
 from gangealing_jax.models.stylegan2 import Generator
 from gangealing_jax.training import checkpoints, gan, gan_loop, parallel
@@ -81,6 +82,12 @@ def test_exported_generator_loads_and_generates(straight_run):
     assert images.shape == (3, 8, 8, 3) and bool(jnp.all(jnp.isfinite(images)))
     w_mean = gan_loop.read_mean_latent(workdir / "generator")
     assert w_mean.shape == (1, config.style_dim) and np.all(np.isfinite(w_mean))
+    # The packed single-file form (what the package ships) holds the same generator and mean w.
+    packed_config, packed = load_generator(workdir / "generator.npz")
+    assert packed_config == config
+    _assert_trees_equal(packed, variables)
+    _, _, extra = unpack_bundle(workdir / "generator.npz", kind="generator")
+    np.testing.assert_array_equal(extra["mean_latent"], w_mean)
     assert sorted(os.listdir(workdir / "images")) == [
         "samples_0000000.png",
         "samples_0000002.png",

@@ -2,6 +2,11 @@
 
 <dir>/model.json   {"kind": "generator", "config": {...}, "format": 1}
 <dir>/variables/   orbax StandardCheckpointer tree
+
+A bundle can also be packed into one `.npz` file (`pack_bundle`): the variables flattened to
+'/'-joined keys under `variables/`, extra arrays under `extra/`, and model.json's content as a JSON
+string under `__bundle__`. That is the form shipped inside the package: one portable file that
+needs neither orbax nor any particular version of it to read.
 """
 
 from __future__ import annotations
@@ -75,6 +80,58 @@ def load_bundle(directory: str | os.PathLike, kind: str | None = None) -> tuple[
             f"{directory / 'variables'}: could not restore the weights ({type(err).__name__}: {err})"
         ) from err
     return meta["config"], variables
+
+
+_PACKED_META = "__bundle__"
+
+
+def is_packed_bundle(path: str | os.PathLike) -> bool:
+    path = pathlib.Path(path)
+    if path.suffix != ".npz" or not path.is_file():
+        return False
+    with np.load(path, allow_pickle=False) as data:
+        return _PACKED_META in data.files
+
+
+def pack_bundle(path: str | os.PathLike, kind: str, config: dict, variables, extra=None):
+    """Write variables (a nested dict of arrays), config and extra arrays into one .npz."""
+    from flax.traverse_util import flatten_dict
+
+    arrays = {
+        "variables/" + key: np.asarray(value)
+        for key, value in flatten_dict(_to_numpy_tree(variables), sep="/").items()
+    }
+    arrays.update({"extra/" + key: np.asarray(value) for key, value in (extra or {}).items()})
+    meta = {"kind": kind, "config": config, "format": BUNDLE_FORMAT}
+    arrays[_PACKED_META] = np.asarray(json.dumps(meta, sort_keys=True))
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def unpack_bundle(path: str | os.PathLike, kind: str | None = None):
+    """(config, variables, extra) of a packed .npz bundle; checks its kind when given."""
+    from flax.traverse_util import unflatten_dict
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data[_PACKED_META]))
+            variables = {
+                key[len("variables/") :]: data[key]
+                for key in data.files
+                if key.startswith("variables/")
+            }
+            extra = {
+                key[len("extra/") :]: data[key] for key in data.files if key.startswith("extra/")
+            }
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: not a readable packed model ({err})") from err
+    if kind is not None and meta.get("kind") != kind:
+        raise CheckpointError(f"{path}: holds a '{meta.get('kind')}', expected a '{kind}'")
+    return meta["config"], unflatten_dict(variables, sep="/"), extra
 
 
 def _to_numpy_tree(tree):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gangealing_jax.convert.bundle import is_bundle, load_bundle
+from gangealing_jax.convert.bundle import is_bundle, is_packed_bundle, load_bundle, unpack_bundle
 from gangealing_jax.convert.state_dict import (
     CheckpointError,
     conv_layer_key,
@@ -212,8 +212,12 @@ def discriminator_variables_from_state(state, path: str = ""):
 
 
 def load_generator(path: str | os.PathLike, module: str = "g_ema", lr_mlp: float = 0.01):
-    """(GeneratorConfig, variables) from a `.pt`/`.npz` checkpoint or a converted bundle dir."""
+    """(GeneratorConfig, variables) from a `.pt`/`.npz` checkpoint, a converted bundle dir or a
+    packed bundle (`.npz` written by `pack_bundle`)."""
     path = os.fspath(path)
+    if is_packed_bundle(path):
+        config, variables, _ = unpack_bundle(path, kind="generator")
+        return generator_config_from_dict(config), variables
     if os.path.isdir(path):
         if not is_bundle(path):
             # A converted checkpoint directory holds one bundle per module.

@@ -5,6 +5,7 @@ directory layout:
 
     checkpoints/     orbax train states (the last `keep_checkpoints`), resumed from automatically
     generator/       the exported EMA generator: a bundle (`load_generator` reads it) + mean_latent.npy
+    generator.npz    the same packed into one file (`load_generator` reads it too)
     data/            the procedural training set, rendered once (when not held in memory)
     images/          sample grids (fixed z, EMA generator, fixed noise), PNG
     metrics.jsonl    scalars per `log_every` iterations (means over the interval), also in tensorboard/
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gangealing_jax.convert.bundle import save_bundle
+from gangealing_jax.convert.bundle import load_bundle, pack_bundle, save_bundle
 from gangealing_jax.convert.stylegan2 import config_to_dict
 from gangealing_jax.models.discriminator import Discriminator, DiscriminatorConfig
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig, mean_latent
@@ -171,8 +172,18 @@ def export_generator(directory, setup: gan.GANSetup, state: gan.GANState, key, n
             directory.rename(old)
         tmp.rename(directory)
         shutil.rmtree(old, ignore_errors=True)
+        pack_generator(directory)
     _sync("export_done")
     return directory
+
+
+def pack_generator(directory) -> pathlib.Path:
+    """`<directory>.npz`: the exported generator and its mean w packed into one file (the form the
+    package ships as its embedded generator)."""
+    directory = pathlib.Path(directory)
+    config, variables = load_bundle(directory, kind="generator")
+    extra = {"mean_latent": read_mean_latent(directory)}
+    return pack_bundle(directory.with_suffix(".npz"), "generator", config, variables, extra)
 
 
 def read_mean_latent(directory) -> np.ndarray:

@@ -23,7 +23,9 @@ from gangealing_jax.training.gangealing_step import (
 )
 from gangealing_jax.training.latent_init import init_congealing
 
-EMBEDDED_GENERATOR = pathlib.Path(__file__).resolve().parent.parent / "assets" / "generator"
+# Trained by `python -m gangealing_jax.train_gan --config configs/gan/procedural.py --workdir W`
+# (which writes W/generator.npz); see gangealing_jax/assets/README.md.
+EMBEDDED_GENERATOR = pathlib.Path(__file__).resolve().parent.parent / "assets" / "generator.npz"
 
 
 class RunSetup(NamedTuple):
@@ -58,11 +60,12 @@ def load_frozen_generator(gcfg, key: jax.Array):
         )(key)
         return config, variables
     if source == "embedded":
-        if not (EMBEDDED_GENERATOR / "model.json").is_file():
+        if not EMBEDDED_GENERATOR.is_file():
             raise CheckpointError(
-                f"{EMBEDDED_GENERATOR}: no embedded generator in this installation; train one "
-                "with `python -m gangealing_jax.train_gan --config configs/gan/procedural.py "
-                "--workdir runs/gan` and set --config.generator.checkpoint=runs/gan/generator"
+                f"{EMBEDDED_GENERATOR}: no embedded generator in this installation (reinstall "
+                "the package, or train one with `python -m gangealing_jax.train_gan --config "
+                "configs/gan/procedural.py --workdir runs/gan` and pass "
+                "--config.generator.checkpoint=runs/gan/generator.npz)"
             )
         source = str(EMBEDDED_GENERATOR)
     return load_generator(source, module=gcfg.module, lr_mlp=gcfg.lr_mlp)
