@@ -4,20 +4,16 @@ evaluation that writes summary.json."""
 import json
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from gangealing_jax.apps import evaluate, pck
 from gangealing_jax.apps.model import AlignmentModel, load_model
-from gangealing_jax.convert.bundle import TRAINED_MODEL_KIND, save_bundle
-from gangealing_jax.convert.stn import stn_config_to_dict
 from gangealing_jax.data import procedural
 from gangealing_jax.data.prepared import PreparedDataset, write_procedural_dataset
-from gangealing_jax.models.stn import STN
 from gangealing_jax.training.parallel import make_mesh
-from tests.tiny_models import tiny_stn_config
+from tests.tiny_models import identity_model_bundle
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +26,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """An exported model whose STN is untrained: its warp starts at the identity."""
-    config = tiny_stn_config(flow_size=16, supersize=32)
-    stn = STN(config)
-    variables = jax.jit(stn.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
-    meta = {"stn": stn_config_to_dict(config), "test_time": {"iters": 1, "padding_mode": "border"}}
-    tree = {"stn": variables, "congealing": {"coefficients": np.zeros((1, 1), np.float32)}}
-    return save_bundle(tmp_path_factory.mktemp("model") / "model", TRAINED_MODEL_KIND, meta, tree)
+    return identity_model_bundle(tmp_path_factory.mktemp("model") / "model")
 
 
 def test_identity_transfer_onto_the_same_image_is_perfect(dataset):

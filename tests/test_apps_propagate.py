@@ -12,12 +12,9 @@ from PIL import Image
 from gangealing_jax.apps import animate, propagate, video
 from gangealing_jax.apps.congeal import congeal_batch
 from gangealing_jax.apps.model import load_model
-from gangealing_jax.convert.bundle import TRAINED_MODEL_KIND, save_bundle
-from gangealing_jax.convert.stn import stn_config_to_dict
 from gangealing_jax.data import procedural, sources
 from gangealing_jax.data.prepared import write_procedural_dataset
-from gangealing_jax.models.stn import STN
-from tests.tiny_models import tiny_stn_config
+from tests.tiny_models import identity_model_bundle
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +27,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """An exported model whose STN is untrained: its warp starts at the identity."""
-    config = tiny_stn_config(flow_size=16, supersize=32)
-    stn = STN(config)
-    variables = jax.jit(stn.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
-    meta = {"stn": stn_config_to_dict(config), "test_time": {"iters": 1, "padding_mode": "border"}}
-    tree = {"stn": variables, "congealing": {"coefficients": np.zeros((1, 1), np.float32)}}
-    return save_bundle(tmp_path_factory.mktemp("model") / "model", TRAINED_MODEL_KIND, meta, tree)
+    return identity_model_bundle(tmp_path_factory.mktemp("model") / "model")
 
 
 @pytest.fixture(scope="module")

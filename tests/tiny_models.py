@@ -30,3 +30,20 @@ def tiny_stn_config(
         channels=tuple((r, channels) for r in resolutions),
         num_heads=num_heads,
     )
+
+
+def identity_model_bundle(directory):
+    """An exported alignment model whose STN is untrained (its warp starts at the identity):
+    flow 16 over 32x32 sources. Returns the bundle directory."""
+    import numpy as np
+
+    from gangealing_jax.convert.bundle import TRAINED_MODEL_KIND, save_bundle
+    from gangealing_jax.convert.stn import stn_config_to_dict
+    from gangealing_jax.models.stn import STN
+
+    config = tiny_stn_config(flow_size=16, supersize=32)
+    stn = STN(config)
+    variables = jax.jit(stn.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    meta = {"stn": stn_config_to_dict(config), "test_time": {"iters": 1, "padding_mode": "border"}}
+    tree = {"stn": variables, "congealing": {"coefficients": np.zeros((1, 1), np.float32)}}
+    return save_bundle(directory, TRAINED_MODEL_KIND, meta, tree)
