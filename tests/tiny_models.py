@@ -32,7 +32,7 @@ def tiny_stn_config(
     )
 
 
-def identity_model_bundle(directory):
+def identity_model_bundle(directory, num_heads: int = 1):
     """An exported alignment model whose STN is untrained (its warp starts at the identity):
     flow 16 over 32x32 sources. Returns the bundle directory."""
     import numpy as np
@@ -41,9 +41,10 @@ def identity_model_bundle(directory):
     from gangealing_jax.convert.stn import stn_config_to_dict
     from gangealing_jax.models.stn import STN
 
-    config = tiny_stn_config(flow_size=16, supersize=32)
+    config = tiny_stn_config(flow_size=16, supersize=32, num_heads=num_heads)
     stn = STN(config)
     variables = jax.jit(stn.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
     meta = {"stn": stn_config_to_dict(config), "test_time": {"iters": 1, "padding_mode": "border"}}
-    tree = {"stn": variables, "congealing": {"coefficients": np.zeros((1, 1), np.float32)}}
+    coefficients = np.zeros((num_heads, 1), np.float32)
+    tree = {"stn": variables, "congealing": {"coefficients": coefficients}}
     return save_bundle(directory, TRAINED_MODEL_KIND, meta, tree)

@@ -22,21 +22,15 @@ from collections.abc import Iterator
 import jax.numpy as jnp
 import numpy as np
 
-from gangealing_jax.apps.congeal import (
-    BatchRunner,
-    choose_inputs,
-    cluster_heads,
-    to_signed,
-    with_overrides,
-)
-from gangealing_jax.apps.model import AlignmentModel, load_model
-from gangealing_jax.apps.pck import stn_input
+from gangealing_jax.apps.congeal import BatchRunner, to_signed, with_overrides
+from gangealing_jax.apps.model import AlignmentModel, load_model, stn_input
 from gangealing_jax.apps.propagate import (
     edit_points,
     input_batches,
     load_edit,
     make_propagator,
 )
+from gangealing_jax.apps.routing import route
 from gangealing_jax.apps.video import FrameWriter
 from gangealing_jax.data import image_io
 from gangealing_jax.models.stn_heads import warp_image
@@ -54,12 +48,12 @@ def eased_alphas(frames: int) -> np.ndarray:
 
 def congealing_grid(model: AlignmentModel, images, *, resolution: int, flips: bool, cluster):
     """(N, R, R, 2) sampling grid into the images as given (mirroring folded into the grid)."""
-    source = to_signed(images)
-    heads = cluster_heads(model, source.shape[0], cluster)
-    inputs, flipped = choose_inputs(model, source, flips=flips, heads=heads)
+    chosen = route(model, to_signed(images), flips=flips, cluster=cluster)
+    inputs, flipped = chosen.inputs, chosen.flipped
     out = model.congeal(
-        stn_input(inputs, model.flow_size), inputs, output_resolution=resolution, heads=heads
-    )
+        stn_input(inputs, model.flow_size), inputs, output_resolution=resolution,
+        heads=chosen.heads,
+    )  # fmt: skip
     unmirrored = out.grid * jnp.array([-1.0, 1.0], out.grid.dtype)
     return jnp.where(flipped[:, None, None, None], unmirrored, out.grid)
 
@@ -104,10 +98,10 @@ def animation_frames(
             [propagator(images[s : s + propagator.batch_size]).composited for s in starts]
         )
     grids = BatchRunner(
-        lambda v, x: congealing_grid(
-            model._replace(variables=v), x, resolution=resolution, flips=flips, cluster=cluster
+        lambda w, x: congealing_grid(
+            model.with_weights(w), x, resolution=resolution, flips=flips, cluster=cluster
         ),
-        model.variables,
+        model.weights,
         mesh=mesh,
         batch_size=batch_size,
     )
@@ -145,11 +139,13 @@ def main(argv=None) -> int:
     add("--flips", action="store_true", help="congeal x or mirror(x), whichever is smoother")
     add("--iters", type=int, default=None, help="similarity iterations")
     add("--cluster", type=int, default=None, help="head of a clustering model")
+    add("--classifier", default=None, help="cluster classifier (default: found with the model)")
     add("--size", type=int, default=None, help="image folders: side (default: STN supersize)")
     add("--pad", choices=image_io.PAD_MODES, default="center", help="image folders: fitting")
     add("--batch", type=int, default=16)
     args = parser.parse_args(argv)
-    model = with_overrides(load_model(args.model), args.iters, args.flips)
+    model = load_model(args.model, classifier=args.classifier)
+    model = with_overrides(model, args.iters, args.flips)
     size = args.size or model.stn.config.supersize
     batches = input_batches(
         args.data, args.n_images, size=size, pad=args.pad, indices=args.indices, limit=args.n_images

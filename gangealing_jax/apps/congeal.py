@@ -31,8 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from gangealing_jax.apps import points as point_ops
-from gangealing_jax.apps.model import AlignmentModel, load_model
-from gangealing_jax.apps.pck import stn_input
+from gangealing_jax.apps.model import AlignmentModel, load_model, stn_input
+from gangealing_jax.apps.routing import route
 from gangealing_jax.data.prepared import PreparedDataset, PreparedWriter
 from gangealing_jax.models.stn import STN
 from gangealing_jax.ops.sampling import unnormalize_points
@@ -84,36 +84,11 @@ def to_uint8(images):
     return jnp.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(jnp.uint8)
 
 
-def cluster_heads(model: AlignmentModel, n: int, cluster: int | None):
-    """(N,) head indices for a clustering model (None for one head)."""
-    heads = model.stn.config.num_heads
-    if heads == 1:
-        if cluster not in (None, 0):
-            raise ValueError(f"cluster={cluster}, but the model has a single head")
-        return None
-    if cluster is None or not 0 <= cluster < heads:
-        raise ValueError(f"the model has {heads} clusters: pass a cluster in 0..{heads - 1}")
-    return jnp.full((n,), cluster, jnp.int32)
-
-
-def choose_inputs(model: AlignmentModel, source, *, flips: bool, heads=None):
-    """(source mirrored where the flip test prefers the mirror, (N,) bool flipped)."""
-    if not flips:
-        return source, jnp.zeros((source.shape[0],), bool)
-    forward = dict(
-        iters=int(model.test_time["iters"]), padding_mode=model.test_time["padding_mode"]
-    )
-    if heads is not None:
-        forward["heads"] = heads
-    small = stn_input(source, model.flow_size)
-    flipped = point_ops.forward_with_flip(model.stn, model.variables, small, **forward).flipped
-    return jnp.where(flipped[:, None, None, None], point_ops.mirror(source), source), flipped
-
-
 class Congealed(NamedTuple):
     image: jnp.ndarray  # (N, R, R, 3) congealed images in [-1, 1]
     flow_score: jnp.ndarray  # (N,) negated TV of the residual flow; 0 without a flow stage
     flipped: jnp.ndarray  # (N,) bool: the mirrored image was congealed
+    head: jnp.ndarray  # (N,) int32 head that congealed the image (0 for a single-head model)
 
 
 def congeal_batch(
@@ -124,18 +99,20 @@ def congeal_batch(
     flips: bool = False,
     cluster: int | None = None,
 ) -> Congealed:
-    """Congeal uint8 images (N, S, S, 3) at output_resolution (default S). Jit-compatible."""
-    source = to_signed(images)
-    heads = cluster_heads(model, source.shape[0], cluster)
-    source, flipped = choose_inputs(model, source, flips=flips, heads=heads)
+    """Congeal uint8 images (N, S, S, 3) at output_resolution (default S); heads and mirrors as
+    `apps.routing` chooses them. Jit-compatible."""
+    n = images.shape[0]
+    chosen = route(model, to_signed(images), flips=flips, cluster=cluster)
+    source = chosen.inputs
     out = model.congeal(
         stn_input(source, model.flow_size),
         source,
         output_resolution=output_resolution or source.shape[1],
-        heads=heads,
+        heads=chosen.heads,
     )
-    score = jnp.zeros(source.shape[0]) if out.flow is None else point_ops.flow_scores(out.flow)
-    return Congealed(out.image, score, flipped)
+    score = jnp.zeros(n) if out.flow is None else point_ops.flow_scores(out.flow)
+    head = jnp.zeros(n, jnp.int32) if chosen.heads is None else chosen.heads
+    return Congealed(out.image, score, chosen.flipped, head)
 
 
 class CongealSummary(NamedTuple):
@@ -143,6 +120,7 @@ class CongealSummary(NamedTuple):
     grid_images: np.ndarray  # (G, R, R, 3) the first congealed images
     flow_scores: np.ndarray | None  # (N,) per image; None without a flow stage
     flipped: np.ndarray  # (N,) bool
+    heads: np.ndarray | None  # (N,) int32 head per image; None for a single-head model
 
 
 def congeal_dataset(
@@ -159,18 +137,19 @@ def congeal_dataset(
     progress: bool = False,
 ) -> CongealSummary:
     """Congeal every image of `images` ((N, S, S, 3) uint8, e.g. a memory map); average the
-    first n_mean (0: all)."""
+    first n_mean (0: all). A clustering model congeals each image with the head its classifier
+    predicts (or `cluster`); `heads` in the summary says which, to average one cluster alone."""
     flips = bool(model.test_time.get("flips", False)) if flips is None else flips
     options = dict(output_resolution=output_resolution, flips=flips, cluster=cluster)
     runner = BatchRunner(
-        lambda v, x: congeal_batch(model._replace(variables=v), x, **options),
-        model.variables,
+        lambda w, x: congeal_batch(model.with_weights(w), x, **options),
+        model.weights,
         mesh=mesh,
         batch_size=batch_size,
     )
     total = len(images)
     n_mean = total if n_mean <= 0 else min(n_mean, total)
-    total_sum, shown, scores, flipped = 0.0, [], [], []
+    total_sum, shown, scores, flipped, heads = 0.0, [], [], [], []
     for start in tqdm(runner.starts(total), disable=not progress, desc="congealing"):
         out = runner(np.asarray(images[start : start + runner.batch_size]))
         averaged = out.image[: max(0, n_mean - start)]
@@ -179,22 +158,27 @@ def congeal_dataset(
             shown.append(out.image[: n_grid - start])
         scores.append(out.flow_score)
         flipped.append(out.flipped)
+        heads.append(out.head)
     has_flow = model.stn.config.transforms[-1] == "flow"
     return CongealSummary(
         average=(total_sum / n_mean).astype(np.float32),
         grid_images=np.concatenate(shown),
         flow_scores=np.concatenate(scores) if has_flow else None,
         flipped=np.concatenate(flipped),
+        heads=np.concatenate(heads) if model.stn.config.num_heads > 1 else None,
     )
 
 
 def write_congeal_outputs(summary: CongealSummary, inputs: np.ndarray, out_dir) -> None:
-    """PNG grids, the average (PNG and .npy) and the flow scores (.npy and .json)."""
+    """PNG grids, the average (PNG and .npy), the flow scores (.npy and .json) and, for a
+    clustering model, every image's head (heads.npy)."""
     os.makedirs(out_dir, exist_ok=True)
     save_png(image_grid(summary.grid_images), os.path.join(out_dir, "congealed_grid.png"))
     save_png(image_grid(inputs / 127.5 - 1.0), os.path.join(out_dir, "input_grid.png"))
     save_png(image_grid(summary.average[None], padding=0), os.path.join(out_dir, "average.png"))
     np.save(os.path.join(out_dir, "average.npy"), summary.average)
+    if summary.heads is not None:
+        np.save(os.path.join(out_dir, "heads.npy"), summary.heads)
     if summary.flow_scores is not None:
         np.save(os.path.join(out_dir, "flow_scores.npy"), summary.flow_scores)
         record = {"flow_scores": summary.flow_scores.tolist(), "flipped": summary.flipped.tolist()}
@@ -243,7 +227,8 @@ class FilterBatch(NamedTuple):
 def filter_batch(model, warp_model, images, keypoints, bboxes, *, permutation, resolution, flips):
     source = to_signed(images)
     size = source.shape[2]
-    source, flipped = choose_inputs(model, source, flips=flips)
+    chosen = route(model, source, flips=flips)
+    source, flipped = chosen.inputs, chosen.flipped
     small = stn_input(source, model.flow_size)
     full = model.congeal(small, source)
     n = source.shape[0]
@@ -392,6 +377,7 @@ def main(argv=None) -> int:
     add("--flips", action="store_true", help="congeal x or mirror(x), whichever is smoother")
     add("--iters", type=int, default=None, help="similarity iterations")
     add("--cluster", type=int, default=None, help="head of a clustering model")
+    add("--classifier", default=None, help="cluster classifier (default: found with the model)")
     add("--batch", type=int, default=16)
     add("--filter", action="store_true", help="write an aligned, filtered prepared dataset")
     add("--fraction_retained", type=float, default=1.0, help="best fraction by flow score")
@@ -399,7 +385,8 @@ def main(argv=None) -> int:
     add("--warp", choices=WARPS, default="similarity", help="stages that warp filtered images")
     add("--flow_scores", default=None, help="precomputed flow_scores.npy to rank by")
     args = parser.parse_args(argv)
-    model = with_overrides(load_model(args.model), args.iters, args.flips)
+    model = load_model(args.model, classifier=args.classifier)
+    model = with_overrides(model, args.iters, args.flips)
     dataset = PreparedDataset(args.data)
     if args.filter:
         report = filter_dataset(

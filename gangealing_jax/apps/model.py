@@ -1,24 +1,67 @@
-"""Loading a trained alignment model for the applications.
+"""Loading a trained alignment model (and its cluster classifier) for the applications.
 
 Accepted paths: the `model/` bundle a training run exports (or its work directory), a converted
-STN bundle, or a reference GANgealing checkpoint (`.pt`, its `t_ema` module).
+checkpoint directory (`python -m gangealing_jax.convert`), a reference GANgealing checkpoint
+(`.pt`, its `t_ema` module), or the work directory of a cluster classifier
+(`gangealing_jax.train_cluster_classifier`), which records the model it was trained for.
+
+A clustering model (num_heads > 1) picks each image's head with its cluster classifier
+(`apps.routing`). `load_model` attaches one from, in this order: the `classifier` argument (an
+exported classifier, its work directory, or a reference checkpoint with a `classifier` module);
+the classifier work directory given as the path; `classifier/` beside the model's bundle (in a
+training work directory: train the classifier with `--workdir RUN/classifier`) or inside a
+converted checkpoint; the `classifier` module of a reference checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from gangealing_jax.convert.bundle import TRAINED_MODEL_KIND, bundle_kind, is_bundle, load_bundle
-from gangealing_jax.convert.state_dict import CheckpointError
-from gangealing_jax.convert.stn import load_stn, stn_config_from_dict
+from gangealing_jax.convert.cluster_classifier import (
+    CLASSIFIER_KIND,
+    classifier_variables_from_state,
+    load_classifier,
+)
+from gangealing_jax.convert.state_dict import CheckpointError, module_state, read_checkpoint
+from gangealing_jax.convert.stn import load_stn, stn_config_from_dict, stn_variables_from_state
+from gangealing_jax.models.cluster_classifier import ClusterClassifier
 from gangealing_jax.models.stn import STN
 
 # What a reference checkpoint does not record; the reference's application scripts pass these.
 DEFAULT_TEST_TIME = {"iters": 1, "padding_mode": "border", "flips": False}
+CLASSIFIER_MODULE = "classifier"  # the classifier's module in reference checkpoints
+
+
+def stn_input(source, flow_size: int):
+    """The STN (and the classifier) read flow_size or a multiple of it; other sizes are resized
+    (anti-aliased)."""
+    if source.shape[1] % flow_size == 0:
+        return source
+    shape = (source.shape[0], flow_size, flow_size, source.shape[3])
+    return jax.image.resize(source, shape, "linear", antialias=True)
+
+
+class Classifier(NamedTuple):
+    """A cluster classifier: which head (and, with 2K classes, whether to mirror) per image."""
+
+    module: ClusterClassifier
+    variables: dict
+    path: str
+
+    @property
+    def flips(self) -> bool:
+        return self.module.config.flips
+
+    def logits(self, images):
+        """(N, K) or (N, 2K) logits for NHWC images in [-1, 1] of any square size."""
+        return self.module.apply(self.variables, stn_input(images, self.module.config.size))
 
 
 class AlignmentModel(NamedTuple):
@@ -26,10 +69,25 @@ class AlignmentModel(NamedTuple):
     variables: dict
     test_time: dict  # iters, padding_mode, flips used when congealing real images
     path: str
+    classifier: Classifier | None = None  # picks the heads of a clustering model
 
     @property
     def flow_size(self) -> int:
         return self.stn.config.flow_size
+
+    @property
+    def weights(self):
+        """Every array the model computes with: (STN variables, classifier variables or None).
+        Jitted functions take these as an argument (see `with_weights`) rather than closing over
+        them, which would bake the weights into the compiled program as constants."""
+        return self.variables, None if self.classifier is None else self.classifier.variables
+
+    def with_weights(self, weights) -> AlignmentModel:
+        variables, classifier_variables = weights
+        classifier = self.classifier
+        if classifier is not None:
+            classifier = classifier._replace(variables=classifier_variables)
+        return self._replace(variables=variables, classifier=classifier)
 
     def congeal(self, images, source_images=None, **overrides):
         """STN output for NHWC images in [-1, 1], with the model's test-time settings."""
@@ -41,19 +99,89 @@ class AlignmentModel(NamedTuple):
         return self.stn.apply(self.variables, jnp.asarray(images), source_images, **forward)
 
 
-def load_model(path: str | os.PathLike, module: str = "t_ema") -> AlignmentModel:
+def _classifier_bundle(directory: pathlib.Path) -> pathlib.Path | None:
+    """The classifier bundle at `directory` or at `directory/classifier`, if there is one."""
+    for candidate in (directory, directory / "classifier"):
+        if bundle_kind(candidate) == CLASSIFIER_KIND:
+            return candidate
+    return None
+
+
+def _trained_for(classifier_dir: pathlib.Path) -> pathlib.Path:
+    """The model a classifier was trained for, as its export recorded it."""
+    meta = json.loads((classifier_dir / "model.json").read_text())["config"]
+    model = meta.get("model")
+    if not model or not is_bundle(model):
+        raise CheckpointError(
+            f"{classifier_dir}: the model it was trained for ({model}) is not there; pass the "
+            "model's path and this classifier as classifier="
+        )
+    return pathlib.Path(model)
+
+
+def _attach(stn: STN, module: ClusterClassifier, variables, path) -> Classifier:
+    heads = stn.config.num_heads
+    if module.config.num_heads != heads:
+        raise CheckpointError(
+            f"{path}: the classifier predicts {module.config.num_heads} clusters, the STN has "
+            f"{heads} heads"
+        )
+    return Classifier(module, variables, str(path))
+
+
+def _load_classifier(path, stn: STN) -> Classifier:
+    config, variables = load_classifier(path, num_heads=stn.config.num_heads)
+    return _attach(stn, ClusterClassifier(config), variables, path)
+
+
+def _load_reference(path: pathlib.Path, module: str, with_classifier: bool) -> AlignmentModel:
+    """A reference checkpoint, read once for the STN and (when asked and present) its
+    classifier."""
+    flat = read_checkpoint(path)
+    config, variables = stn_variables_from_state(module_state(flat, module, str(path)), str(path))
+    model = AlignmentModel(STN(config), variables, dict(DEFAULT_TEST_TIME), str(path))
+    if not with_classifier or not any(k.startswith(CLASSIFIER_MODULE + "/") for k in flat):
+        return model
+    state = module_state(flat, CLASSIFIER_MODULE, str(path))
+    cls_config, cls_vars = classifier_variables_from_state(state, str(path), config.num_heads)
+    return model._replace(
+        classifier=_attach(model.stn, ClusterClassifier(cls_config), cls_vars, path)
+    )
+
+
+def load_model(
+    path: str | os.PathLike, module: str = "t_ema", classifier: str | os.PathLike | None = None
+) -> AlignmentModel:
+    """The alignment model at `path`, with its cluster classifier when one is found (see the
+    module docstring); `classifier` names one explicitly."""
     path = pathlib.Path(path)
+    found = None  # a classifier found next to (or instead of) the model
+    model_here = path.is_file() or is_bundle(path / "model") or is_bundle(path / module)
+    if not model_here and bundle_kind(path) != TRAINED_MODEL_KIND:
+        found = _classifier_bundle(path)
+        if found is not None:  # a classifier work directory: load the model it names
+            path = _trained_for(found)
     if path.is_dir() and not is_bundle(path) and is_bundle(path / "model"):
         path = path / "model"  # a training work directory
     if bundle_kind(path) == TRAINED_MODEL_KIND:
         meta, variables = load_bundle(path, kind=TRAINED_MODEL_KIND)
         test_time = {**DEFAULT_TEST_TIME, **meta.get("test_time", {})}
         stn = STN(stn_config_from_dict(meta["stn"]))
-        return AlignmentModel(stn, variables["stn"], test_time, str(path))
-    if not path.exists():
+        model = AlignmentModel(stn, variables["stn"], test_time, str(path))
+        found = found or _classifier_bundle(path.parent / CLASSIFIER_MODULE)
+    elif not path.exists():
         raise CheckpointError(
             f"{path}: no such model; pass a training work directory, its model/ folder, or a "
             "reference GANgealing checkpoint (.pt)"
         )
-    config, variables = load_stn(path, module=module)
-    return AlignmentModel(STN(config), variables, dict(DEFAULT_TEST_TIME), str(path))
+    elif path.is_dir():  # a converted checkpoint: one bundle per module
+        config, variables = load_stn(path, module=module)
+        model = AlignmentModel(STN(config), variables, dict(DEFAULT_TEST_TIME), str(path))
+        found = _classifier_bundle(path / CLASSIFIER_MODULE)
+    else:
+        model = _load_reference(path, module, with_classifier=classifier is None)
+    if classifier is not None:
+        return model._replace(classifier=_load_classifier(classifier, model.stn))
+    if found is not None:
+        return model._replace(classifier=_load_classifier(found, model.stn))
+    return model

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gangealing_jax.apps import points as point_ops
-from gangealing_jax.apps.model import AlignmentModel, load_model
+from gangealing_jax.apps.model import AlignmentModel, load_model, stn_input
 from gangealing_jax.apps.pck_metric import bbox_threshold, pair_counts, visibility
+from gangealing_jax.apps.routing import route
 from gangealing_jax.data.prepared import PreparedDataset, random_pairs
 from gangealing_jax.training.parallel import batch_sharding, make_mesh
 
@@ -41,21 +42,32 @@ class PCKReport(NamedTuple):
         return self._asdict()
 
 
-def stn_input(source, flow_size: int):
-    """The STN reads flow_size or a multiple of it; other sizes are resized (anti-aliased)."""
-    if source.shape[1] % flow_size == 0:
-        return source
-    shape = (source.shape[0], flow_size, flow_size, source.shape[3])
-    return jax.image.resize(source, shape, "linear", antialias=True)
-
-
-def transfer_batch(model: AlignmentModel, images_a, images_b, points_a, points_b, permutation):
+def transfer_batch(
+    model: AlignmentModel, images_a, images_b, points_a, points_b, permutation, cluster=None
+):
     """(estimated B keypoints, A keypoints, B keypoints) per pair, the last two as scored: with
-    flip matching, mirrored and relabelled where an image was mirrored. images_*: uint8 NHWC."""
+    flips, mirrored and relabelled where an image was mirrored. images_*: uint8 NHWC.
+
+    A clustering model sends both images of a pair through one head, A's (from its classifier,
+    or `cluster`), so that the points cross a single congealed space; each image is mirrored as
+    `apps.routing` decides for that head."""
     flow = model.flow_size
     source_a = jnp.asarray(images_a, jnp.float32) / 127.5 - 1.0
     source_b = jnp.asarray(images_b, jnp.float32) / 127.5 - 1.0
-    if model.test_time.get("flips"):
+    heads_a = heads_b = None
+    if model.stn.config.num_heads > 1:
+        flips = bool(model.test_time.get("flips"))
+        route_a = route(model, source_a, flips=flips, cluster=cluster)
+        route_b = route(model, source_b, flips=flips, cluster=route_a.heads)
+        points_a = point_ops.mirror_points(
+            jnp.asarray(points_a), route_a.flipped, source_a.shape[2], permutation
+        )
+        points_b = point_ops.mirror_points(
+            jnp.asarray(points_b), route_b.flipped, source_b.shape[2], permutation
+        )
+        source_a, source_b = route_a.inputs, route_b.inputs
+        heads_a, heads_b = route_a.heads, route_b.heads
+    elif model.test_time.get("flips"):
         if source_a.shape[1] % flow:
             raise ValueError(
                 f"flip matching needs images whose size is a multiple of flow_size {flow}; "
@@ -67,8 +79,8 @@ def transfer_batch(model: AlignmentModel, images_a, images_b, points_a, points_b
         )  # fmt: skip
         source_a, source_b = match.images_a, match.images_b
         points_a, points_b = match.points_a, match.points_b
-    out_a = model.congeal(stn_input(source_a, flow), source_a)
-    out_b = model.congeal(stn_input(source_b, flow), source_b)
+    out_a = model.congeal(stn_input(source_a, flow), source_a, heads=heads_a)
+    out_b = model.congeal(stn_input(source_b, flow), source_b, heads=heads_b)
     congealed = point_ops.congealed_points_from_output(out_a, points_a[..., :2], source_a.shape[2])
     estimate = point_ops.source_points_from_output(
         out_b,
@@ -121,9 +133,11 @@ def evaluate_pck(
     num_pairs: int = 10_000,
     seed: int = 0,
     bootstrap_samples: int = 1000,
+    cluster: int | None = None,
     mesh=None,
 ) -> PCKReport:
-    """PCK-Transfer of `model`; model=None scores the identity warp (keypoints copied over)."""
+    """PCK-Transfer of `model`; model=None scores the identity warp (keypoints copied over).
+    cluster: the head of a clustering model for every pair (default: its classifier decides)."""
     pairs = protocol_pairs(dataset, protocol, num_pairs, seed)
     mesh = make_mesh() if mesh is None else mesh
     devices = mesh.devices.size
@@ -133,7 +147,7 @@ def evaluate_pck(
     transfer = None
     if model is not None:
         transfer = jax.jit(
-            lambda a, b, pa, pb: transfer_batch(model, a, b, pa, pb, permutation)
+            lambda a, b, pa, pb: transfer_batch(model, a, b, pa, pb, permutation, cluster)
         )  # fmt: skip
     correct, visible = [], []
     for start in range(0, len(pairs), batch_size):
@@ -175,13 +189,15 @@ def main(argv=None) -> int:
     parser.add_argument("--alphas", default="0.1,0.05,0.01")
     parser.add_argument("--flips", action="store_true", help="flip-aware transfer")
     parser.add_argument("--iters", type=int, default=None, help="similarity iterations")
+    parser.add_argument("--cluster", type=int, default=None, help="head of a clustering model")
+    parser.add_argument("--classifier", default=None, help="cluster classifier (default: found)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--num_pairs", type=int, default=10_000, help="cub protocol pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--identity", action="store_true", help="also score the identity warp")
     parser.add_argument("--out", default="", help="write the report as JSON here")
     args = parser.parse_args(argv)
-    model = load_model(args.model)
+    model = load_model(args.model, classifier=args.classifier)
     test_time = dict(model.test_time, flips=args.flips or model.test_time.get("flips", False))
     if args.iters is not None:
         test_time["iters"] = args.iters
@@ -194,7 +210,7 @@ def main(argv=None) -> int:
         num_pairs=args.num_pairs,
         seed=args.seed,
     )
-    report = {"stn": evaluate_pck(model, dataset, **options).to_dict()}
+    report = {"stn": evaluate_pck(model, dataset, cluster=args.cluster, **options).to_dict()}
     if args.identity:
         report["identity"] = evaluate_pck(None, dataset, **options).to_dict()
     text = json.dumps(report, indent=2)

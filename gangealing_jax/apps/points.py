@@ -250,7 +250,9 @@ class FlipMatch(NamedTuple):
     pick: jnp.ndarray  # (N,) 0: neither mirrored, 1: A, 2: B, 3: both
 
 
-def _mirror_points(points, flip, width: int, permutation):
+def mirror_points(points, flip, width: int, permutation=None):
+    """Points (N, P, D) of images (N,) mirrored where flip: x -> width - 1 - x and, with
+    `permutation` (P,), labels swapped left/right."""
     x = jnp.where(flip[:, None], width - 1 - points[..., 0], points[..., 0])
     points = points.at[..., 0].set(x)
     if permutation is not None:
@@ -285,10 +287,10 @@ def match_flips(
     return FlipMatch(
         images_a=choose(flip_a, images_a, mirror(images_a)),
         images_b=choose(flip_b, images_b, mirror(images_b)),
-        points_a=_mirror_points(jnp.asarray(points_a), flip_a, width, permutation),
+        points_a=mirror_points(jnp.asarray(points_a), flip_a, width, permutation),
         points_b=None
         if points_b is None
-        else _mirror_points(jnp.asarray(points_b), flip_b, images_b.shape[2], permutation),
+        else mirror_points(jnp.asarray(points_b), flip_b, images_b.shape[2], permutation),
         pick=pick,
     )
 

@@ -32,16 +32,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from gangealing_jax.apps import points as point_ops
-from gangealing_jax.apps.congeal import (
-    BatchRunner,
-    choose_inputs,
-    cluster_heads,
-    to_signed,
-    to_uint8,
-    with_overrides,
-)
-from gangealing_jax.apps.model import AlignmentModel, load_model
-from gangealing_jax.apps.pck import stn_input
+from gangealing_jax.apps.congeal import BatchRunner, to_signed, to_uint8, with_overrides
+from gangealing_jax.apps.model import AlignmentModel, load_model, stn_input
+from gangealing_jax.apps.routing import route
 from gangealing_jax.data import image_io, sources
 from gangealing_jax.data.prepared import PreparedDataset
 from gangealing_jax.ops.sampling import normalize_points
@@ -166,10 +159,10 @@ def propagate_batch(
     normalized, colors, alphas = edit_arrays
     source = to_signed(images)
     n, size = source.shape[0], source.shape[2]
-    heads = cluster_heads(model, n, cluster)
-    inputs, flipped = choose_inputs(model, source, flips=flips, heads=heads)
+    chosen = route(model, source, flips=flips, cluster=cluster)  # heads and mirrors
+    inputs, flipped = chosen.inputs, chosen.flipped
     stn_images = stn_input(inputs, model.flow_size)
-    out = model.congeal(stn_images, inputs, output_resolution=resolution, heads=heads)
+    out = model.congeal(stn_images, inputs, output_resolution=resolution, heads=chosen.heads)
     congealed = jnp.broadcast_to(normalized, (n, *normalized.shape))
     points = point_ops.source_points_from_output(
         out, congealed, size, normalize_input_points=False, unnormalize_output_points=True
@@ -215,10 +208,10 @@ def make_propagator(
     )  # fmt: skip
 
     def run(constants, images):
-        variables, arrays = constants
-        return propagate_batch(model._replace(variables=variables), images, arrays, **options)
+        weights, arrays = constants
+        return propagate_batch(model.with_weights(weights), images, arrays, **options)
 
-    constants = (model.variables, (np.asarray(normalized), edit.colors, edit.alphas))
+    constants = (model.weights, (np.asarray(normalized), edit.colors, edit.alphas))
     return BatchRunner(run, constants, mesh=mesh, batch_size=batch_size)
 
 
@@ -333,6 +326,7 @@ def main(argv=None) -> int:
     add("--flips", action="store_true", help="congeal x or mirror(x), whichever is smoother")
     add("--iters", type=int, default=None, help="similarity iterations")
     add("--cluster", type=int, default=None, help="head of a clustering model")
+    add("--classifier", default=None, help="cluster classifier (default: found with the model)")
     add("--indices", type=int, nargs="+", default=None, help="prepared-dataset items to use")
     add("--n_images", type=int, default=64, help="images to process (-1: all)")
     add("--size", type=int, default=None, help="image folders: side (default: STN supersize)")
@@ -343,7 +337,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if (args.edit is None) == (not args.dense_tracking):
         parser.error("pass exactly one of --edit and --dense_tracking")
-    model = with_overrides(load_model(args.model), args.iters, args.flips)
+    model = load_model(args.model, classifier=args.classifier)
+    model = with_overrides(model, args.iters, args.flips)
     size = args.size or model.stn.config.supersize
     batches = input_batches(
         args.data, args.batch, size=size, pad=args.pad, indices=args.indices, limit=args.n_images

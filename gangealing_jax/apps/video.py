@@ -180,13 +180,15 @@ def main(argv=None) -> int:
     add("--flips", action="store_true", help="congeal x or mirror(x), whichever is smoother")
     add("--iters", type=int, default=None, help="similarity iterations")
     add("--cluster", type=int, default=None, help="head of a clustering model")
+    add("--classifier", default=None, help="cluster classifier (default: found with the model)")
     add("--side_by_side", action="store_true", help="show the congealed frame alongside")
     add("--save_points", default=None, help="write the (T, P, 2) correspondences here (.npy)")
     add("--batch", type=int, default=16)
     args = parser.parse_args(argv)
     if (args.edit is None) == (not args.dense_tracking):
         parser.error("pass exactly one of --edit and --dense_tracking")
-    model = with_overrides(load_model(args.model), args.iters, args.flips)
+    model = load_model(args.model, classifier=args.classifier)
+    model = with_overrides(model, args.iters, args.flips)
     size = args.size or model.stn.config.supersize
     if args.dense_tracking:
         edit = dense_tracking_edit(args.edit_resolution or size)

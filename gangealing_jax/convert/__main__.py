@@ -2,8 +2,9 @@
 
     python -m gangealing_jax.convert IN.pt OUT_DIR [--modules g_ema,t_ema]
 
-Writes one bundle per module found (`OUT_DIR/g_ema`, `OUT_DIR/t_ema`, ...), each loadable with
-`load_generator(OUT_DIR)`, `load_stn(OUT_DIR)`, etc.
+Writes one bundle per module found (`OUT_DIR/g_ema`, `OUT_DIR/t_ema`, `OUT_DIR/classifier`, ...),
+each loadable with `load_generator(OUT_DIR)`, `load_stn(OUT_DIR)`, `load_classifier(OUT_DIR)`;
+`apps.model.load_model(OUT_DIR)` loads the STN with its cluster classifier.
 """
 
 from __future__ import annotations
