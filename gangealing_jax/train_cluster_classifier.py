@@ -1,10 +1,12 @@
 """Train the cluster classifier of a clustering GANgealing run (num_heads > 1 and/or flips).
 
-    python -m gangealing_jax.train_cluster_classifier --model runs/cars --workdir runs/cars_cls \
-        [--iters 55000] [--batch 40]
+    python -m gangealing_jax.train_cluster_classifier --model runs/cars \
+        --workdir runs/cars/classifier [--iters 55000] [--batch 40]
 
 --model is the GANgealing work directory (config.json, model/). The classifier bundle is exported to
-<workdir>/classifier. Rerunning with the same --workdir resumes; SIGTERM saves and exits.
+<workdir>/classifier; with --workdir inside the run, as above, the applications find it when given
+the run (`apps.model.load_model`). Rerunning with the same --workdir resumes; SIGTERM saves and
+exits.
 """
 
 from absl import app, flags, logging
