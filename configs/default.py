@@ -39,6 +39,17 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_heads = 1  # clusters learned and congealed independently (>1: clustering GANgealing)
     c.flips = False  # also try the mirrored input and optimise the min of both losses
 
+    # Random similarity poses applied to G(w) before the STN (the target stays put), ramped up as
+    # psi anneals: teaches poses wider than the generator's own. Not in the reference (all 0).
+    c.augment = ml_collections.ConfigDict()
+    c.augment.rotation_deg = 0.0  # rotation uniform in [-r, r] degrees
+    c.augment.log_scale = 0.0  # zoom exp(u), u uniform in [-s, s]
+    c.augment.translation = 0.0  # shift per axis, uniform in [-t, t] normalized units
+    c.augment.padding_mode = "reflection"  # fill of pixels moved in from outside G(w)
+    # Weight of the disagreement (squared, in the congealed frame) between the similarity
+    # congealing G(w) and the one congealing its posed copy, mapped back through the pose.
+    c.augment.equivariance_weight = 0.0
+
     # Loss.
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "vgg_ssl"  # perceptual loss: lpips | vgg_ssl | a weight-free loss

@@ -17,6 +17,7 @@ from gangealing_jax.losses.gangealing import (
 )
 from gangealing_jax.losses.perceptual import multiscale_structural_distance
 from gangealing_jax.models.stn import STN
+from gangealing_jax.training.augment import PoseAugmentation
 from gangealing_jax.training.gangealing_step import (
     OptimizerSettings,
     StepSettings,
@@ -32,7 +33,10 @@ from tests.tiny_models import tiny_generator, tiny_stn_config
 DISTANCE = jax.tree_util.Partial(multiscale_structural_distance)
 
 
-def _setup(batch=8, grad_accum=1, num_heads=1, flips=False):
+NO_POSES = PoseAugmentation()
+
+
+def _setup(batch=8, grad_accum=1, num_heads=1, flips=False, augment=NO_POSES):
     generator, gvars = tiny_generator(size=16, style_dim=16, channels=8)
     stn = STN(tiny_stn_config(flow_size=16, supersize=16, num_heads=num_heads))
     stn_vars = stn.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
@@ -47,6 +51,7 @@ def _setup(batch=8, grad_accum=1, num_heads=1, flips=False):
         batch=batch,
         grad_accum=grad_accum,
         anneal_psi=4,
+        augment=augment,
     )
     state = init_state(params, optimizer, jax.random.PRNGKey(7))
     return generator, stn, optimizer, settings, opt_settings, state, frozen
@@ -70,8 +75,10 @@ def test_sharded_step_equals_single_device():
     assert len(jax.devices()) == 8, "conftest must provide 8 CPU devices"
     # Four devices with two images each: XLA's CPU backend crashes on some convolution gradients
     # with a per-device batch of one, and eight devices would only double the test's run time.
-    single, hist_single = _run(2, mesh=make_mesh(jax.devices()[:1]), batch=8)
-    sharded, hist_sharded = _run(2, mesh=make_mesh(jax.devices()[:4]), batch=8)
+    # With random poses of G(w): they are drawn for the whole batch, then split like z.
+    augment = PoseAugmentation(rotation_deg=20.0, log_scale=0.2, translation=0.2)
+    single, hist_single = _run(2, mesh=make_mesh(jax.devices()[:1]), batch=8, augment=augment)
+    sharded, hist_sharded = _run(2, mesh=make_mesh(jax.devices()[:4]), batch=8, augment=augment)
     _assert_trees_close(jax.device_get(single.params), jax.device_get(sharded.params))
     _assert_trees_close(hist_single, hist_sharded)
 

@@ -3,7 +3,8 @@
 x = G(w) is drawn with one noise key and the target G(mix(c, w, psi)) with an independent one
 (shared noise makes alignment much worse). The STN sees x resized to flow_size; the perceptual
 distance compares its output with the target; Huber total-variation and L2 identity terms keep the
-residual flow smooth and small. With clusters (num_heads > 1) and/or flips, each image is scored under
+residual flow smooth and small. Optionally G(w) is first moved by a random similarity (`augment`), so
+the STN also learns to undo poses wider than the generator's own. With clusters (num_heads > 1) and/or flips, each image is scored under
 every head (and its mirror), only the best one is optimised, and only that head's flow is regularised.
 """
 
@@ -16,11 +17,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gangealing_jax.losses.regularizers import flow_identity_loss, total_variation_loss
+from gangealing_jax.losses.regularizers import (
+    flow_identity_loss,
+    pose_equivariance_loss,
+    total_variation_loss,
+)
 from gangealing_jax.models.congealing import mix_latents
 from gangealing_jax.models.stn import STN
 from gangealing_jax.models.stylegan2 import Generator, broadcast_w
 from gangealing_jax.ops.mipmap import bilinear_downsample
+from gangealing_jax.ops.sampling import affine_grid, grid_sample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +40,10 @@ class ObjectiveSettings:
     flips: bool = False  # also score the mirrored input; optimise the better of the two
     tv_weight: float = 1000.0
     flow_identity_weight: float = 1.0
+    augment_padding: str = "reflection"  # padding of the randomly posed G(w) (see `augment`)
+    # Weight of the agreement between the congealing of G(w) and of its posed copy (only with
+    # `augment`): a direct signal for the poses that the perceptual distance sees only faintly.
+    equivariance_weight: float = 0.0
 
 
 class Frozen(NamedTuple):
@@ -68,16 +78,17 @@ def draw_noise(generator: Generator, key: jax.Array, batch: int, heads: int = 1)
 
 
 class ObjectiveTerms(NamedTuple):
-    total: jnp.ndarray  # () perceptual + tv_weight * tv + flow_identity_weight * identity
+    total: jnp.ndarray  # () perceptual + tv, identity and equivariance terms times their weights
     perceptual: jnp.ndarray  # () mean perceptual distance of the chosen warps
     tv: jnp.ndarray  # () total variation of the chosen residual flows
     identity: jnp.ndarray  # () mean squared chosen residual flow
+    equivariance: jnp.ndarray  # () pose_equivariance_loss of G(w) and its posed copy (0 without)
     distances: jnp.ndarray  # (N, J) distance per image and candidate (J = heads * (1 + flips))
     assignments: jnp.ndarray  # (N,) int32 chosen candidate; j >= heads means the mirrored input
     delta_flow: jnp.ndarray  # (N, F, F, 2) chosen residual flows (zeros without a flow stage)
     aligned_pred: jnp.ndarray  # (R, F, F, 3) every STN output, rows (flip, image, head)
     target: jnp.ndarray  # (N * heads, F, F, 3) congealed targets, rows (image, head)
-    unaligned: jnp.ndarray  # (N, S, S, 3) G(w)
+    unaligned: jnp.ndarray  # (N, S, S, 3) G(w), moved by `augment` when given
 
 
 def resize_to_flow(images: jnp.ndarray, flow_size: int) -> jnp.ndarray:
@@ -97,6 +108,7 @@ def gangealing_objective(
     noise: GeneratorNoise | None,
     psi: jnp.ndarray,
     distance: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray],
+    augment: jnp.ndarray | None = None,
     *,
     generator: Generator,
     stn: STN,
@@ -106,6 +118,8 @@ def gangealing_objective(
 
     noise: fresh noise for both generator calls (see `draw_noise`); None uses the generator's fixed
     noise buffers for both (reproducible evaluation).
+    augment: (N, 2, 3) affine matrices (F.affine_grid convention) that resample G(w) before the
+      STN sees it; the target is not moved, so the STN must also undo them. None: no resampling.
     """
     gcfg = generator.config
     heads = stn.config.num_heads
@@ -120,6 +134,10 @@ def gangealing_objective(
 
     w = jax.lax.stop_gradient(generator.apply(frozen.generator, z, method=Generator.map))
     unaligned = jax.lax.stop_gradient(synthesize(broadcast_w(w, gcfg.n_latent), noise_in))
+    plain = unaligned
+    if augment is not None:
+        grid = affine_grid(augment.astype(unaligned.dtype), unaligned.shape[1:3])
+        unaligned = grid_sample(unaligned, grid, settings.augment_padding)
     coefficients = trainable["congealing"]["coefficients"]
     if settings.freeze_ll:
         coefficients = jax.lax.stop_gradient(coefficients)
@@ -128,16 +146,19 @@ def gangealing_objective(
     )  # (N * heads, n_latent, D), rows (image, head)
     target = resize_to_flow(synthesize(w_target, noise_target), flow_size)
 
+    def congeal(images):
+        source = images if settings.sample_from_full_res else None
+        return stn.apply(
+            trainable["stn"],
+            resize_to_flow(images, flow_size),
+            source,
+            padding_mode=settings.padding_mode,
+        )
+
     inputs = unaligned
     if settings.flips:
         inputs = jnp.concatenate([unaligned, jnp.flip(unaligned, axis=2)], axis=0)  # (2N, ...)
-    source = inputs if settings.sample_from_full_res else None
-    out = stn.apply(
-        trainable["stn"],
-        resize_to_flow(inputs, flow_size),
-        source,
-        padding_mode=settings.padding_mode,
-    )
+    out = congeal(inputs)
     copies = 2 if settings.flips else 1
     targets = jnp.tile(target, (copies, 1, 1, 1))  # rows (flip, image, head)
     per_row = distance(out.image, targets)  # (copies * N * heads,)
@@ -164,14 +185,29 @@ def gangealing_objective(
     identity = (
         flow_identity_loss(chosen_flow) if has_flow and settings.flow_identity_weight > 0 else 0.0
     )
+    equivariance = 0.0
+    if augment is not None and settings.equivariance_weight > 0:
+        if out.matrix is None:
+            raise ValueError("equivariance_weight needs an STN with a similarity stage")
+        plain_out = congeal(plain)
+        rows = batch * heads  # the unmirrored rows (image, head) of out
+        poses = jnp.repeat(augment.astype(out.matrix.dtype), heads, axis=0)
+        equivariance = pose_equivariance_loss(out.matrix[:rows], plain_out.matrix, poses)
     tv = jnp.asarray(tv, perceptual.dtype)
     identity = jnp.asarray(identity, perceptual.dtype)
-    total = perceptual + settings.tv_weight * tv + settings.flow_identity_weight * identity
+    equivariance = jnp.asarray(equivariance, perceptual.dtype)
+    total = (
+        perceptual
+        + settings.tv_weight * tv
+        + settings.flow_identity_weight * identity
+        + settings.equivariance_weight * equivariance
+    )
     return ObjectiveTerms(
         total=total,
         perceptual=perceptual,
         tv=tv,
         identity=identity,
+        equivariance=equivariance,
         distances=distances,
         assignments=assignments,
         delta_flow=chosen_flow,

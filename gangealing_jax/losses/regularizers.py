@@ -1,12 +1,14 @@
-"""Regularisers on the residual flow predicted by the STN's flow stage.
+"""Regularisers on the warps the STN predicts.
 
-Flows are (N, H, W, 2) arrays in normalised coordinates. Both losses reduce exactly as the reference
-implementation does: a mean over every element (or over every element of one sample).
+Flows are (N, H, W, 2) arrays in normalised coordinates. The two flow losses reduce exactly as the
+reference implementation does: a mean over every element (or over every element of one sample).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+
+from gangealing_jax.ops.sampling import compose_affine, to_3x3
 
 
 def _smooth_l1(abs_diff):
@@ -35,3 +37,24 @@ def total_variation_loss(flow, reduce_batch: bool = True):
 def flow_identity_loss(flow):
     """Mean squared residual flow: pulls the flow stage towards the identity warp. Scalar."""
     return jnp.mean(jnp.square(flow))
+
+
+def pose_equivariance_loss(matrix_posed, matrix_plain, poses):
+    """How far the congealing of a posed copy of an image is from that of the image. Scalar.
+
+    A copy T x of x (x(T p) at output point p) congealed by the similarity M' samples x at T M' p;
+    it agrees with x congealed by M when E = M^-1 T M' is the identity. The loss is the mean
+    squared distance |E p - p|^2 over output points p uniform in [-1, 1]^2, in closed form
+    |t_E|^2 + |A_E - I|_F^2 / 3. Being measured in the congealed frame, it cannot be lowered by
+    zooming into a point (which would shrink any distance measured in the input frame).
+
+    Args:
+      matrix_posed: (M, 2, 3) similarity matrices M' of the posed copies.
+      matrix_plain: (M, 2, 3) matrices M of the images themselves.
+      poses: (M, 2, 3) the affine matrices T (F.affine_grid convention) that made the copies.
+    """
+    plain_inverse = jnp.linalg.inv(to_3x3(matrix_plain))
+    error = plain_inverse @ to_3x3(compose_affine(poses, matrix_posed))  # (M, 3, 3)
+    linear = error[:, :2, :2] - jnp.eye(2, dtype=error.dtype)
+    shift = error[:, :2, 2]
+    return jnp.mean(jnp.sum(jnp.square(shift), -1) + jnp.sum(jnp.square(linear), (1, 2)) / 3.0)

@@ -15,6 +15,7 @@ from gangealing_jax.losses.gangealing import Frozen, ObjectiveSettings
 from gangealing_jax.losses.perceptual import get_perceptual_loss
 from gangealing_jax.models.stn import STN, STNConfig
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
+from gangealing_jax.training.augment import PoseAugmentation
 from gangealing_jax.training.gangealing_step import (
     OptimizerSettings,
     StepSettings,
@@ -83,6 +84,19 @@ def stn_config(config) -> STNConfig:
     )
 
 
+def pose_augmentation(config) -> PoseAugmentation:
+    """The `augment` fields (absent in configs written before they existed: no augmentation)."""
+    aug = config.get("augment")
+    if aug is None:
+        return PoseAugmentation()
+    return PoseAugmentation(
+        rotation_deg=float(aug.rotation_deg),
+        log_scale=float(aug.log_scale),
+        translation=float(aug.translation),
+        padding_mode=str(aug.padding_mode),
+    )
+
+
 def settings_from_config(config):
     objective = ObjectiveSettings(
         inject=config.inject,
@@ -92,6 +106,8 @@ def settings_from_config(config):
         flips=config.flips,
         tv_weight=config.tv_weight,
         flow_identity_weight=config.flow_identity_weight,
+        augment_padding=pose_augmentation(config).padding_mode,
+        equivariance_weight=float(config.get("augment", {}).get("equivariance_weight", 0.0)),
     )
     step = StepSettings(
         objective,
@@ -100,6 +116,7 @@ def settings_from_config(config):
         anneal_psi=config.anneal_psi,
         anneal_fn=config.anneal_fn,
         ema_decay=config.ema_decay,
+        augment=pose_augmentation(config),
     )
     optim = OptimizerSettings(
         stn_lr=config.stn_lr,

@@ -27,6 +27,7 @@ from gangealing_jax.losses.gangealing import (
 )
 from gangealing_jax.models.stn import STN
 from gangealing_jax.models.stylegan2 import Generator
+from gangealing_jax.training.augment import PoseAugmentation, random_poses
 from gangealing_jax.training.parallel import DATA_AXIS, replicated
 from gangealing_jax.training.schedules import make_lr_schedule, psi_at_iteration
 
@@ -47,6 +48,7 @@ class StepSettings:
     anneal_psi: int = 150_000
     anneal_fn: str = "cosine"
     ema_decay: float = 0.5 ** (32 / 10_000)
+    augment: PoseAugmentation = PoseAugmentation()  # random poses of G(w), growing as psi anneals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,38 +98,40 @@ def init_state(params: dict, optimizer: optax.GradientTransformation, rng: jax.A
 
 
 def _per_device_gradients(
-    params, frozen, distance, z, noise, psi, *, objective, axis_name: str | None
+    params, frozen, distance, z, noise, psi, augment, *, objective, axis_name: str | None
 ):
     """Mean gradients and metrics over the micro-batches (and devices, when `axis_name` is set).
 
-    z: (accum, micro, D); noise: GeneratorNoise whose arrays lead with (accum, rows, ...).
+    z: (accum, micro, D); noise: GeneratorNoise whose arrays lead with (accum, rows, ...);
+    augment: None or (accum, micro, 2, 3) poses applied to G(w).
     """
     accum = z.shape[0]
 
-    def loss_fn(p, z_micro, noise_micro):
-        terms = objective(p, frozen, z_micro, noise_micro, psi, distance)
+    def loss_fn(p, z_micro, noise_micro, augment_micro):
+        terms = objective(p, frozen, z_micro, noise_micro, psi, distance, augment_micro)
         return terms.total, terms
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def accumulate(carry, inputs):
         grads_sum, metrics_sum = carry
-        z_micro, noise_micro = inputs
-        (_, terms), grads = grad_fn(params, z_micro, noise_micro)
+        (_, terms), grads = grad_fn(params, *inputs)
         metrics = {
             "loss": terms.total,
             "perceptual": terms.perceptual,
             "tv": terms.tv,
             "identity": terms.identity,
+            "equivariance": terms.equivariance,
         }
         return (
             jax.tree.map(jnp.add, grads_sum, grads),
             jax.tree.map(jnp.add, metrics_sum, metrics),
         ), None
 
-    zero_metrics = {k: jnp.zeros(()) for k in ("loss", "perceptual", "tv", "identity")}
+    names = ("loss", "perceptual", "tv", "identity", "equivariance")
+    zero_metrics = {k: jnp.zeros(()) for k in names}
     zero_grads = jax.tree.map(jnp.zeros_like, params)
-    (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), (z, noise))
+    (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), (z, noise, augment))
     grads, metrics = jax.tree.map(lambda g: g / accum, (grads, metrics))
     if axis_name is not None:  # every device holds an equal share of the batch
         grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
@@ -161,13 +165,19 @@ def train_step(
     noise_keys = jax.random.split(noise_key, accum)
     noise = jax.vmap(lambda k: draw_noise(generator, k, micro, heads))(noise_keys)
     psi = psi_at_iteration(state.step + 1, settings.anneal_psi, settings.anneal_fn)
+    augment = None
+    if settings.augment.enabled:
+        # A key of its own (not a third split) keeps z and noise those of a run without poses.
+        augment_key = jax.random.fold_in(key, 2)
+        augment = random_poses(augment_key, (accum, micro), settings.augment, 1.0 - psi)
     objective = functools.partial(
         gangealing_objective, generator=generator, stn=stn, settings=settings.objective
     )
     if mesh is None:
         grads, metrics = _per_device_gradients(
-            state.params, frozen, distance, z, noise, psi, objective=objective, axis_name=None
-        )
+            state.params, frozen, distance, z, noise, psi, augment,
+            objective=objective, axis_name=None,
+        )  # fmt: skip
     else:
         rows = PartitionSpec(None, DATA_AXIS)
         per_device = shard_map(
@@ -180,11 +190,12 @@ def train_step(
                 rows,
                 rows,
                 PartitionSpec(),
+                rows,
             ),
             out_specs=(PartitionSpec(), PartitionSpec()),
             check_vma=False,
         )
-        grads, metrics = per_device(state.params, frozen, distance, z, noise, psi)
+        grads, metrics = per_device(state.params, frozen, distance, z, noise, psi, augment)
 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
