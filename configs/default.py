@@ -54,6 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "vgg_ssl"  # perceptual loss: lpips | vgg_ssl | a weight-free loss
     c.loss.weights = ""  # converted weights (.npz) for lpips / vgg_ssl
+    c.loss.num_scales = 3  # multiscale_structural: 2x-pooled scales compared
+    c.loss.standardize = False  # multiscale_structural: ignore per-image channel gain and offset
     c.tv_weight = 1000.0  # total-variation (Huber) weight on the residual flow
     c.flow_identity_weight = 1.0  # L2 weight pulling the residual flow to zero
 

@@ -267,6 +267,20 @@ def test_weight_free_loss_properties():
     np.testing.assert_allclose(jax.jit(loss)(x, y), value, rtol=1e-6, atol=1e-9)
 
 
+def test_standardized_weight_free_loss_ignores_channel_gain_and_offset():
+    config = types.SimpleNamespace(
+        loss=types.SimpleNamespace(name="multiscale_structural", standardize=True, num_scales=2)
+    )
+    loss = jax.jit(P.get_perceptual_loss(config))
+    x = _images(np.random.default_rng(6), (2, 16, 16, 3))
+    recoloured = x * np.array([0.3, 1.5, 0.8], np.float32) + np.array([0.2, -0.4, 0.1], np.float32)
+    np.testing.assert_allclose(loss(x, recoloured), 0.0, atol=1e-5)
+    plain = P.multiscale_structural_distance(jnp.asarray(x), jnp.asarray(recoloured))
+    assert float(jnp.min(plain)) > 1e-2  # the plain distance sees the new colours
+    moved = np.roll(x, 3, axis=2)  # but the standardized one still sees where things are
+    assert float(jnp.min(loss(x, moved))) > 1e-2
+
+
 def _config(name, weights=None):
     return types.SimpleNamespace(loss=types.SimpleNamespace(name=name, weights=weights))
 

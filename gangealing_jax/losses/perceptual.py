@@ -177,17 +177,28 @@ def _single_scale_terms(x, y):
     return pixel + gradient + jnp.mean(dssim, axis=(1, 2, 3))
 
 
-def multiscale_structural_distance(x, y, num_scales: int = 3):
+def _standardize(x):
+    """Each image's channels shifted and scaled to mean 0 and standard deviation 1/2 over H, W."""
+    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
+    std = jnp.sqrt(jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True) + 1e-6)
+    return 0.5 * (x - mean) / std
+
+
+def multiscale_structural_distance(x, y, num_scales: int = 3, standardize: bool = False):
     """Weight-free perceptual distance, (N,). x, y: (N, H, W, C) in [-1, 1].
 
     Mean over `num_scales` 2x-average-pooled scales (fewer if the image gets smaller than 3x3) of:
     mean squared pixel difference + mean squared difference of horizontal and vertical finite
     differences + mean local dissimilarity 1 - SSIM (3x3 box windows). Exactly 0 for identical
-    inputs, positive otherwise, smooth almost everywhere.
+    inputs, positive otherwise, smooth almost everywhere. With `standardize`, each image's channels
+    are first brought to mean 0 and standard deviation 1/2: the distance then ignores a per-channel
+    gain and offset (e.g. the same face in another colour on a like background).
     """
     _check_pair(x, y)
     if min(x.shape[1:3]) < 3:
         raise ValueError(f"images must be at least 3x3, got {x.shape}")
+    if standardize:
+        x, y = _standardize(x), _standardize(y)
     total, used = 0.0, 0
     for scale in range(num_scales):
         if scale > 0:
@@ -208,9 +219,10 @@ class MultiscaleStructural:
     """
 
     num_scales: int = 3
+    standardize: bool = False
 
     def __call__(self, x, y):
-        return multiscale_structural_distance(x, y, self.num_scales)
+        return multiscale_structural_distance(x, y, self.num_scales, self.standardize)
 
 
 def bundle_to_flat(weights: PerceptualWeights) -> dict:
@@ -269,14 +281,16 @@ def get_perceptual_loss(config) -> Callable:
 
     config.loss.name: 'lpips', 'vgg_ssl' or 'multiscale_structural'.
     config.loss.weights: path of a converted `.npz` bundle (lpips and vgg_ssl only).
-    config.loss.num_scales: optional, for 'multiscale_structural' (default 3).
+    config.loss.num_scales, config.loss.standardize: optional, for 'multiscale_structural'
+      (defaults 3 and False).
     For the VGG losses the result is a `jax.tree_util.Partial` holding the weights (see module doc).
     """
     loss_config = config.loss
     name = loss_config.name
     if name == "multiscale_structural":
         num_scales = int(getattr(loss_config, "num_scales", 3) or 3)
-        return jax.tree_util.Partial(MultiscaleStructural(num_scales))
+        standardize = bool(getattr(loss_config, "standardize", False))
+        return jax.tree_util.Partial(MultiscaleStructural(num_scales, standardize))
     if name not in WEIGHTED_LOSSES:
         known = ", ".join(WEIGHTED_LOSSES + WEIGHT_FREE_LOSSES)
         raise ValueError(f"unknown perceptual loss '{name}' (known: {known})")
