@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.standardize = False  # multiscale_structural: ignore per-image channel gain and offset
     c.tv_weight = 1000.0  # total-variation (Huber) weight on the residual flow
     c.flow_identity_weight = 1.0  # L2 weight pulling the residual flow to zero
+    # Distance of each congealed image to its mirror (not in the reference; 0 = off): a prior for
+    # left-right symmetric categories that pulls the congealed pose upright and centred.
+    c.symmetry_weight = 0.0
 
     # Spatial transformer.
     c.stn = ml_collections.ConfigDict()

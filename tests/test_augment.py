@@ -1,4 +1,4 @@
-"""Random similarity poses of G(w): ranges, the strength ramp, and their effect on the objective."""
+"""Random poses of G(w); the pose-equivariance and mirror-symmetry terms of the objective."""
 
 import math
 
@@ -64,7 +64,9 @@ def test_objective_sees_the_posed_generator_output_and_identity_poses_change_not
     frozen = Frozen(gvars, jnp.eye(2, d), jnp.zeros((1, d)))
     trainable = {"stn": stn_vars, "congealing": {"coefficients": jnp.full((1, 2), 0.1)}}
     z = jax.random.normal(jax.random.PRNGKey(4), (3, d))
-    settings = ObjectiveSettings(inject=3, tv_weight=10.0, equivariance_weight=2.0)
+    settings = ObjectiveSettings(
+        inject=3, tv_weight=10.0, equivariance_weight=2.0, symmetry_weight=0.5
+    )
 
     @jax.jit
     def run(augment):
@@ -85,7 +87,18 @@ def test_objective_sees_the_posed_generator_output_and_identity_poses_change_not
     assert float(turned.perceptual) > float(plain.perceptual)
     # The identity STN ignores the half-turn: E = -I misses every output point p by 2|p|.
     np.testing.assert_allclose(float(turned.equivariance), 4 * 2 / 3, rtol=1e-5)
-    expected = turned.perceptual + 10.0 * turned.tv + turned.identity + 2.0 * turned.equivariance
+    mirrored = multiscale_structural_distance(
+        turned.aligned_pred, jnp.flip(turned.aligned_pred, axis=2)
+    )
+    np.testing.assert_allclose(turned.symmetry, jnp.mean(mirrored), rtol=1e-5)
+    assert float(turned.symmetry) > 0
+    expected = (
+        turned.perceptual
+        + 10.0 * turned.tv
+        + turned.identity
+        + 2.0 * turned.equivariance
+        + 0.5 * turned.symmetry
+    )
     np.testing.assert_allclose(turned.total, expected, rtol=1e-6)
 
 

@@ -44,6 +44,9 @@ class ObjectiveSettings:
     # Weight of the agreement between the congealing of G(w) and of its posed copy (only with
     # `augment`): a direct signal for the poses that the perceptual distance sees only faintly.
     equivariance_weight: float = 0.0
+    # Weight of the distance between each congealed image and its mirror image: for a left-right
+    # symmetric category it pulls the congealed pose upright and centred, whatever the target.
+    symmetry_weight: float = 0.0
 
 
 class Frozen(NamedTuple):
@@ -83,6 +86,7 @@ class ObjectiveTerms(NamedTuple):
     tv: jnp.ndarray  # () total variation of the chosen residual flows
     identity: jnp.ndarray  # () mean squared chosen residual flow
     equivariance: jnp.ndarray  # () pose_equivariance_loss of G(w) and its posed copy (0 without)
+    symmetry: jnp.ndarray  # () mean distance of the congealed images to their mirrors (0 without)
     distances: jnp.ndarray  # (N, J) distance per image and candidate (J = heads * (1 + flips))
     assignments: jnp.ndarray  # (N,) int32 chosen candidate; j >= heads means the mirrored input
     delta_flow: jnp.ndarray  # (N, F, F, 2) chosen residual flows (zeros without a flow stage)
@@ -193,14 +197,20 @@ def gangealing_objective(
         rows = batch * heads  # the unmirrored rows (image, head) of out
         poses = jnp.repeat(augment.astype(out.matrix.dtype), heads, axis=0)
         equivariance = pose_equivariance_loss(out.matrix[:rows], plain_out.matrix, poses)
+    symmetry = 0.0
+    if settings.symmetry_weight > 0:
+        congealed = out.image[: batch * heads]  # the unmirrored rows (image, head)
+        symmetry = jnp.mean(distance(congealed, jnp.flip(congealed, axis=2)))
     tv = jnp.asarray(tv, perceptual.dtype)
     identity = jnp.asarray(identity, perceptual.dtype)
     equivariance = jnp.asarray(equivariance, perceptual.dtype)
+    symmetry = jnp.asarray(symmetry, perceptual.dtype)
     total = (
         perceptual
         + settings.tv_weight * tv
         + settings.flow_identity_weight * identity
         + settings.equivariance_weight * equivariance
+        + settings.symmetry_weight * symmetry
     )
     return ObjectiveTerms(
         total=total,
@@ -208,6 +218,7 @@ def gangealing_objective(
         tv=tv,
         identity=identity,
         equivariance=equivariance,
+        symmetry=symmetry,
         distances=distances,
         assignments=assignments,
         delta_flow=chosen_flow,

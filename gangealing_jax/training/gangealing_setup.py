@@ -108,6 +108,7 @@ def settings_from_config(config):
         flow_identity_weight=config.flow_identity_weight,
         augment_padding=pose_augmentation(config).padding_mode,
         equivariance_weight=float(config.get("augment", {}).get("equivariance_weight", 0.0)),
+        symmetry_weight=float(config.get("symmetry_weight", 0.0)),
     )
     step = StepSettings(
         objective,

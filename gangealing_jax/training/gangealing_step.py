@@ -122,13 +122,14 @@ def _per_device_gradients(
             "tv": terms.tv,
             "identity": terms.identity,
             "equivariance": terms.equivariance,
+            "symmetry": terms.symmetry,
         }
         return (
             jax.tree.map(jnp.add, grads_sum, grads),
             jax.tree.map(jnp.add, metrics_sum, metrics),
         ), None
 
-    names = ("loss", "perceptual", "tv", "identity", "equivariance")
+    names = ("loss", "perceptual", "tv", "identity", "equivariance", "symmetry")
     zero_metrics = {k: jnp.zeros(()) for k in names}
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), (z, noise, augment))
