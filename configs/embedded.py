@@ -30,6 +30,7 @@ def get_config():
     c.augment.log_scale = 0.25
     c.augment.translation = 0.25
     c.augment.equivariance_weight = 5.0
+    c.symmetry_weight = 1.0  # the faces are left-right symmetric: congealed ones should be too
     # A similarity STN: the faces differ from each other mostly by a similarity, and without the
     # flow stage an iteration costs less than half as much on a CPU.
     c.stn.transforms = ("similarity",)
