@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gangealing_jax.apps import congeal
+from gangealing_jax.apps import filter as filtering
 from gangealing_jax.apps.model import load_model
 from gangealing_jax.apps.pck import stn_input
 from gangealing_jax.apps.points import flow_scores
@@ -83,7 +84,7 @@ def test_filter_keeps_the_best_fraction_and_writes_a_prepared_dataset(dataset, m
     model = perturbed(load_model(model_dir))
     scores = congeal.congeal_dataset(model, dataset.images, batch_size=8, flips=False).flow_scores
     out = tmp_path / "filtered"
-    report = congeal.filter_dataset(
+    report = filtering.filter_dataset(
         model, dataset, str(out), fraction_retained=0.5, min_effective_resolution=16, batch_size=8
     )
     best = np.sort(np.argsort(-scores)[:6])
@@ -106,7 +107,7 @@ def test_filter_maps_keypoints_through_the_zoom_and_rejects_low_resolution(
     zoom = np.log(0.75)  # a zoom in: the aligned crop covers 0.75 x 32 = 24 source pixels
     model = perturbed(load_model(model_dir), flow_scale=0.0, log_scale=zoom)
     options = dict(fraction_retained=1.0, batch_size=8)
-    report = congeal.filter_dataset(
+    report = filtering.filter_dataset(
         model, dataset, str(tmp_path / "a"), min_effective_resolution=23.9, **options
     )
     assert report.written == 12 and report.low_resolution == 0
@@ -118,22 +119,22 @@ def test_filter_maps_keypoints_through_the_zoom_and_rejects_low_resolution(
     np.testing.assert_array_equal(filtered.keypoints[..., 2], dataset.keypoints[..., 2] * inside)
     assert (~inside & (dataset.keypoints[..., 2] > 0)).any()  # some keypoints left the crop
     with pytest.raises(ValueError, match="no image passed the filters"):
-        congeal.filter_dataset(
+        filtering.filter_dataset(
             model, dataset, str(tmp_path / "b"), min_effective_resolution=24.1, **options
         )
     zoomed_out = perturbed(load_model(model_dir), flow_scale=0.0, log_scale=np.log(1.2))
     with pytest.raises(ValueError, match="12 out of bounds"):
-        congeal.filter_dataset(
+        filtering.filter_dataset(
             zoomed_out, dataset, str(tmp_path / "c"), min_effective_resolution=0, **options
         )
 
 
 def test_retained_by_score():
     scores = np.array([0.5, -1.0, 2.0, 0.5, -3.0])
-    np.testing.assert_array_equal(congeal.retained_by_score(scores, 0.6), [0, 2, 3])
-    np.testing.assert_array_equal(congeal.retained_by_score(scores, 1.0), np.arange(5))
+    np.testing.assert_array_equal(filtering.retained_by_score(scores, 0.6), [0, 2, 3])
+    np.testing.assert_array_equal(filtering.retained_by_score(scores, 1.0), np.arange(5))
     with pytest.raises(ValueError):
-        congeal.retained_by_score(scores, 0.0)
+        filtering.retained_by_score(scores, 0.0)
 
 
 def test_cli_writes_visuals_scores_and_a_filtered_dataset(dataset, model_dir, tmp_path):

@@ -50,8 +50,9 @@ def test_strength_scales_the_ranges_and_zero_is_the_identity():
 
 def test_disabled_by_default_and_ranges_are_checked():
     assert not PoseAugmentation().enabled and AUG.enabled
-    with pytest.raises(ValueError, match="rotation_deg"):
-        PoseAugmentation(rotation_deg=-1.0)
+    for bad in (-1.0, 180.0):  # a half-turn has no raw rotation parameter (arctanh(1))
+        with pytest.raises(ValueError, match="rotation_deg"):
+            PoseAugmentation(rotation_deg=bad)
     with pytest.raises(ValueError, match="log_scale"):
         PoseAugmentation(log_scale=-0.1)
 

@@ -3,9 +3,10 @@
 x = G(w) is drawn with one noise key and the target G(mix(c, w, psi)) with an independent one
 (shared noise makes alignment much worse). The STN sees x resized to flow_size; the perceptual
 distance compares its output with the target; Huber total-variation and L2 identity terms keep the
-residual flow smooth and small. Optionally G(w) is first moved by a random similarity (`augment`), so
-the STN also learns to undo poses wider than the generator's own. With clusters (num_heads > 1) and/or flips, each image is scored under
-every head (and its mirror), only the best one is optimised, and only that head's flow is regularised.
+residual flow smooth and small. Optionally G(w) is first moved by a random similarity (`augment`),
+so that the STN also learns to undo poses wider than the generator's own. With clusters
+(num_heads > 1) and/or flips, each image is scored under every head (and its mirror), only the best
+one is optimised, and only that head's flow is regularised.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def draw_noise(generator: Generator, key: jax.Array, batch: int, heads: int = 1)
 
 
 class ObjectiveTerms(NamedTuple):
-    total: jnp.ndarray  # () perceptual + tv, identity and equivariance terms times their weights
+    total: jnp.ndarray  # () perceptual + the tv, identity, equivariance, symmetry terms x weights
     perceptual: jnp.ndarray  # () mean perceptual distance of the chosen warps
     tv: jnp.ndarray  # () total variation of the chosen residual flows
     identity: jnp.ndarray  # () mean squared chosen residual flow

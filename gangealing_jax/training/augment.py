@@ -25,11 +25,11 @@ class PoseAugmentation:
     rotation_deg: float = 0.0  # rotation uniform in [-r, r] degrees
     log_scale: float = 0.0  # zoom exp(u), u uniform in [-s, s]
     translation: float = 0.0  # shift uniform in [-t, t] per axis, in normalized units ([-1, 1])
-    padding_mode: str = "reflection"  # how pixels moved in from outside G(w) are filled
 
     def __post_init__(self):
-        if not 0 <= self.rotation_deg <= 180:
-            raise ValueError(f"rotation_deg must be in [0, 180], got {self.rotation_deg}")
+        # Below a half-turn: the raw rotation parameter is arctanh(angle / pi).
+        if not 0 <= self.rotation_deg < 180:
+            raise ValueError(f"rotation_deg must be in [0, 180), got {self.rotation_deg}")
         if self.log_scale < 0 or self.translation < 0:
             raise ValueError(
                 f"log_scale and translation must be >= 0, got {self.log_scale}, {self.translation}"

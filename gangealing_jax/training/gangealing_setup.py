@@ -93,11 +93,11 @@ def pose_augmentation(config) -> PoseAugmentation:
         rotation_deg=float(aug.rotation_deg),
         log_scale=float(aug.log_scale),
         translation=float(aug.translation),
-        padding_mode=str(aug.padding_mode),
     )
 
 
 def settings_from_config(config):
+    augment = config.get("augment") or {}  # configs written before these fields: none
     objective = ObjectiveSettings(
         inject=config.inject,
         padding_mode=config.stn.padding_mode,
@@ -106,8 +106,8 @@ def settings_from_config(config):
         flips=config.flips,
         tv_weight=config.tv_weight,
         flow_identity_weight=config.flow_identity_weight,
-        augment_padding=pose_augmentation(config).padding_mode,
-        equivariance_weight=float(config.get("augment", {}).get("equivariance_weight", 0.0)),
+        augment_padding=str(augment.get("padding_mode", "reflection")),
+        equivariance_weight=float(augment.get("equivariance_weight", 0.0)),
         symmetry_weight=float(config.get("symmetry_weight", 0.0)),
     )
     step = StepSettings(
