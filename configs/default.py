@@ -69,6 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.stn.flow_size = 128  # resolution of the regressed flow (and of the congealed output)
     c.stn.channel_multiplier = 0.5  # width of the STN trunk relative to the reference table
     c.stn.channels = ()  # explicit trunk channels per resolution (overrides the multiplier)
+    # "disk" fades the STN's input outside the inscribed disk (not in the reference): with pose
+    # augmentation, the padded corners of a rotated image otherwise tell the STN the angle.
+    c.stn.input_mask = "none"
     c.real_size = 256  # resolution of real images the STN will sample from (supersize)
 
     # Optimisation: Adam(0.9, 0.999, 1e-8), decaying cosine warm restarts after psi annealing.

@@ -252,7 +252,13 @@ def _perturb(variables, key, scale):
 
 
 def _tiny(
-    transforms=("similarity", "flow"), num_heads=1, supersize=16, scale=0.0, seed=0, antialias=True
+    transforms=("similarity", "flow"),
+    num_heads=1,
+    supersize=16,
+    scale=0.0,
+    seed=0,
+    antialias=True,
+    input_mask="none",
 ):
     # antialias=False (plain bilinear sampling) halves compile time where sampling is not tested.
     config = STNConfig(
@@ -262,6 +268,7 @@ def _tiny(
         channels=_TINY_CHANNELS,
         num_heads=num_heads,
         antialias=antialias,
+        input_mask=input_mask,
     )
     stn = STN(config)
     key, perturb_key = jax.random.split(jax.random.PRNGKey(seed))
@@ -373,6 +380,23 @@ def test_out_of_bounds_check():
     # A landscape image padded to a square: rows outside its height count as out of bounds.
     bounds = jnp.array([[50.0, 100.0], [100.0, 100.0]])
     np.testing.assert_array_equal(warp_exceeds_bounds(identity, bounds), [True, False])
+
+
+def test_disk_input_mask_hides_the_corners():
+    """With input_mask="disk" the regressed warp ignores what lies outside the inscribed disk."""
+    images = _images(2, 16)
+    radius = jnp.linalg.norm(identity_grid(16, 16), axis=-1)
+    corners = jnp.where((radius > 1.0)[None, :, :, None], 1.0 - images, images)
+    for mask, same in (("disk", True), ("none", False)):
+        stn, variables = _tiny(("similarity",), scale=0.05, antialias=False, input_mask=mask)
+        forward = jax.jit(lambda x, stn=stn, v=variables: stn.apply(v, x).matrix)
+        a, b = forward(images), forward(corners)
+        if same:
+            np.testing.assert_allclose(a, b, atol=1e-6)
+        else:
+            assert not np.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="input_mask"):
+        STNConfig(input_mask="circle")
 
 
 def test_config_and_call_errors():

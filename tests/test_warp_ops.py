@@ -17,6 +17,7 @@ from gangealing_jax.ops.mipmap import (
 from gangealing_jax.ops.sampling import (
     affine_grid,
     apply_affine,
+    disk_vignette,
     grid_sample,
     identity_grid,
     lerp,
@@ -168,6 +169,23 @@ def test_affine_grid_sample_round_trip():
     inner = slice(4, -4)
     np.testing.assert_allclose(back[0, inner, inner], coords[0, inner, inner], atol=1e-5)
     np.testing.assert_allclose(composed[0], coords[0], atol=1e-6)
+
+
+def test_disk_vignette_hides_the_padding_of_a_rotation():
+    """Rotated with zeros or border padding, an image looks the same inside the disk whose
+    pixels sample only within the source's pixel centres; the vignette is zero outside it."""
+    size = 32
+    images = jax.random.uniform(jax.random.PRNGKey(0), (2, size, size, 3), minval=-1, maxval=1)
+    rotations = jnp.arctanh(jnp.array([30.0, -75.0]) / 180.0)
+    theta = similarity_matrix(rotations, jnp.zeros(2), jnp.zeros(2), jnp.zeros(2))
+    grid = affine_grid(theta, (size, size))
+    zeros, border = (disk_vignette(grid_sample(images, grid, p)) for p in ("zeros", "border"))
+    radius = jnp.linalg.norm(identity_grid(size, size), axis=-1)
+    inside = radius <= 1.0 - 1.0 / size
+    assert not np.allclose(grid_sample(images, grid, "zeros"), grid_sample(images, grid, "border"))
+    np.testing.assert_allclose(zeros[:, inside], border[:, inside], atol=1e-6)
+    np.testing.assert_array_equal(disk_vignette(images)[:, radius >= 1.0], 0.0)
+    np.testing.assert_array_equal(disk_vignette(images)[:, radius <= 0.9], images[:, radius <= 0.9])
 
 
 def test_grid_sample_gradients():

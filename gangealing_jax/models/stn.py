@@ -27,9 +27,10 @@ import jax.numpy as jnp
 from gangealing_jax.models.layers import DEFAULT_BLUR, ConvLayer, EqualLinear, ResBlock
 from gangealing_jax.models.stn_heads import FlowHead, HeadOutput, SimilarityHead
 from gangealing_jax.ops.mipmap import DEFAULT_MAX_LEVELS, bilinear_downsample
-from gangealing_jax.ops.sampling import PADDING_MODES
+from gangealing_jax.ops.sampling import PADDING_MODES, disk_vignette
 
 TRANSFORMS = ("similarity", "flow")
+INPUT_MASKS = ("none", "disk")
 
 # The reference STN channel table; resolutions of 64 and up are scaled by channel_multiplier.
 REFERENCE_STN_CHANNELS = {
@@ -70,6 +71,9 @@ class STNConfig:
     blur_kernel: tuple[int, ...] = DEFAULT_BLUR
     antialias: bool = True  # mipmap sampling (the reference always uses it)
     max_mipmap_levels: float = DEFAULT_MAX_LEVELS
+    # "disk": the trunks see their input faded to grey outside the inscribed disk (not in the
+    # reference), so that padded corners of rotated training images cannot tell the angle.
+    input_mask: str = "none"
 
     def __post_init__(self):
         transforms = (self.transforms,) if isinstance(self.transforms, str) else self.transforms
@@ -91,6 +95,8 @@ class STNConfig:
         pairs = _channel_pairs(self.channels) or reference_stn_channels(self.channel_multiplier)
         object.__setattr__(self, "channels", pairs)
         object.__setattr__(self, "blur_kernel", tuple(self.blur_kernel))
+        if self.input_mask not in INPUT_MASKS:
+            raise ValueError(f"input_mask must be one of {INPUT_MASKS}, got {self.input_mask!r}")
 
     @property
     def channel_table(self) -> dict[int, int]:
@@ -149,8 +155,14 @@ class SpatialTransformer(nn.Module):
 
     def regression_input(self, images):
         size = self.config.flow_size
-        if images.shape[2] <= size:
-            return images
+        if images.shape[2] > size:
+            images = self._shrink(images, size)
+        if self.config.input_mask == "disk":
+            images = disk_vignette(images)
+        return images
+
+    @staticmethod
+    def _shrink(images, size):
         factor = images.shape[2] // size
         if images.shape[1] != images.shape[2] or factor * size != images.shape[2]:
             raise ValueError(

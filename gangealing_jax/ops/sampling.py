@@ -183,3 +183,18 @@ def resize_bilinear(x: jnp.ndarray, scale_factor: float) -> jnp.ndarray:
     out_w = int(math.floor(x.shape[2] * scale_factor))
     x = _resize_axis(x, 2, out_w, scale_factor)
     return _resize_axis(x, 1, out_h, scale_factor)
+
+
+def disk_vignette(images: jnp.ndarray, inner: float = 0.9) -> jnp.ndarray:
+    """Fade (N, H, W, C) images to 0 (mid-grey in [-1, 1]) outside the inscribed disk.
+
+    Full weight inside radius `inner`, falling linearly to 0 at radius 1 (normalised
+    coordinates). A rotation about the centre maps the disk onto itself, so an image rotated
+    with padding and the same image drawn rotated look alike inside it: the padded corners,
+    whose edges give the angle away, are hidden.
+    """
+    h, w = images.shape[1:3]
+    grid = identity_grid(h, w, images.dtype)
+    radius = jnp.sqrt(jnp.sum(grid**2, axis=-1))
+    weight = jnp.clip((1.0 - radius) / (1.0 - inner), 0.0, 1.0)
+    return images * weight[None, :, :, None]

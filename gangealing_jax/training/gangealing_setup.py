@@ -81,6 +81,7 @@ def stn_config(config) -> STNConfig:
         channels=channels,
         channel_multiplier=config.stn.channel_multiplier,
         num_heads=config.num_heads,
+        input_mask=config.stn.get("input_mask", "none"),
     )
 
 
