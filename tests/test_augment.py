@@ -1,4 +1,5 @@
-"""Random poses of G(w); the pose-equivariance and mirror-symmetry terms of the objective."""
+"""Random poses of G(w); the pose-equivariance, mirror-equivariance and mirror-symmetry terms of
+the objective."""
 
 import math
 
@@ -9,9 +10,9 @@ import pytest
 
 from gangealing_jax.losses.gangealing import Frozen, ObjectiveSettings, gangealing_objective
 from gangealing_jax.losses.perceptual import multiscale_structural_distance
-from gangealing_jax.losses.regularizers import pose_equivariance_loss
+from gangealing_jax.losses.regularizers import mirror_equivariance_loss, pose_equivariance_loss
 from gangealing_jax.models.stn import STN
-from gangealing_jax.ops.sampling import affine_grid, compose_affine, to_3x3
+from gangealing_jax.ops.sampling import affine_grid, compose_affine, similarity_matrix, to_3x3
 from gangealing_jax.training.augment import PoseAugmentation, random_poses
 from tests.tiny_models import tiny_generator, tiny_stn_config
 
@@ -126,3 +127,51 @@ def test_pose_equivariance_is_zero_exactly_when_the_pose_is_undone():
     tiny_posed = to_3x3(compose_affine(inverse, congeal)) @ zoom
     assert float(pose_equivariance_loss(tiny_posed[:, :2], tiny[:, :2], poses)) < 1e-8
     assert float(pose_equivariance_loss(tiny[:, :2], tiny[:, :2], poses)) > ignored
+
+
+def test_mirror_equivariance_is_zero_exactly_for_the_mirrored_congealing():
+    rot, scale, tx, ty = (jnp.array(v) for v in ([0.1, -0.3], [0.2, -0.1], [0.1, 0.3], [-0.2, 0.0]))
+    congeal = similarity_matrix(rot, scale, tx, ty)
+    mirrored = similarity_matrix(-rot, scale, -tx, ty)  # S M S with S = diag(-1, 1)
+    assert float(mirror_equivariance_loss(mirrored, congeal)) < 1e-10
+    # The mirror's congealing keeps the tilt (or the sideways shift) of the image's: not a mirror.
+    same_tilt = similarity_matrix(rot, scale, -tx, ty)
+    same_shift = similarity_matrix(-rot, scale, tx, ty)
+    assert float(mirror_equivariance_loss(same_tilt, congeal)) > 1e-2
+    assert float(mirror_equivariance_loss(same_shift, congeal)) > 1e-2
+    # The identity STN is mirror-equivariant.
+    eye = jnp.broadcast_to(jnp.eye(2, 3), (2, 2, 3))
+    assert float(mirror_equivariance_loss(eye, eye)) == 0.0
+
+
+@pytest.mark.parametrize("flips", [False, True])
+def test_objective_mirror_term_congeals_the_mirrored_generator_output(flips):
+    generator, gvars = tiny_generator(size=16, style_dim=16, channels=8)
+    stn = STN(tiny_stn_config(flow_size=16, supersize=16))
+    stn_vars = stn.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
+    leaves, tree = jax.tree_util.tree_flatten(stn_vars)
+    keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+    noisy = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    stn_vars = jax.tree_util.tree_unflatten(tree, noisy)  # no longer the identity warp
+    d = generator.config.style_dim
+    frozen = Frozen(gvars, jnp.eye(2, d), jnp.zeros((1, d)))
+    trainable = {"stn": stn_vars, "congealing": {"coefficients": jnp.full((1, 2), 0.1)}}
+    z = jax.random.normal(jax.random.PRNGKey(4), (3, d))
+    settings = ObjectiveSettings(inject=3, tv_weight=0.0, flips=flips, mirror_weight=3.0)
+    terms = jax.jit(
+        lambda: gangealing_objective(
+            trainable, frozen, z, None, jnp.float32(0.0), multiscale_structural_distance,
+            generator=generator, stn=stn, settings=settings,
+        )
+    )()  # fmt: skip
+
+    def matrix(images):
+        return stn.apply(stn_vars, images, padding_mode=settings.padding_mode).matrix
+
+    unaligned = terms.unaligned
+    expected = mirror_equivariance_loss(matrix(jnp.flip(unaligned, axis=2)), matrix(unaligned))
+    assert float(expected) > 1e-6
+    np.testing.assert_allclose(terms.mirror, expected, rtol=1e-4)
+    np.testing.assert_allclose(
+        terms.total, terms.perceptual + terms.identity + 3.0 * terms.mirror, rtol=1e-5
+    )

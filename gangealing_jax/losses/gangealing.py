@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from gangealing_jax.losses.regularizers import (
     flow_identity_loss,
+    mirror_equivariance_loss,
     pose_equivariance_loss,
     total_variation_loss,
 )
@@ -48,6 +49,10 @@ class ObjectiveSettings:
     # Weight of the distance between each congealed image and its mirror image: for a left-right
     # symmetric category it pulls the congealed pose upright and centred, whatever the target.
     symmetry_weight: float = 0.0
+    # Weight of the agreement between the congealing of the mirrored G(w) and the mirrored
+    # congealing of G(w) (a similarity stage's matrices): with the pose equivariance it makes the
+    # congealed pose of symmetric objects upright, which the target alone may not.
+    mirror_weight: float = 0.0
 
 
 class Frozen(NamedTuple):
@@ -88,6 +93,7 @@ class ObjectiveTerms(NamedTuple):
     identity: jnp.ndarray  # () mean squared chosen residual flow
     equivariance: jnp.ndarray  # () pose_equivariance_loss of G(w) and its posed copy (0 without)
     symmetry: jnp.ndarray  # () mean distance of the congealed images to their mirrors (0 without)
+    mirror: jnp.ndarray  # () mirror_equivariance_loss of G(w) (posed) and its mirror (0 without)
     distances: jnp.ndarray  # (N, J) distance per image and candidate (J = heads * (1 + flips))
     assignments: jnp.ndarray  # (N,) int32 chosen candidate; j >= heads means the mirrored input
     delta_flow: jnp.ndarray  # (N, F, F, 2) chosen residual flows (zeros without a flow stage)
@@ -202,16 +208,28 @@ def gangealing_objective(
     if settings.symmetry_weight > 0:
         congealed = out.image[: batch * heads]  # the unmirrored rows (image, head)
         symmetry = jnp.mean(distance(congealed, jnp.flip(congealed, axis=2)))
+    mirror = 0.0
+    if settings.mirror_weight > 0:
+        if out.matrix is None:
+            raise ValueError("mirror_weight needs an STN with a similarity stage")
+        rows = batch * heads
+        if settings.flips:  # the mirrored inputs were congealed already: rows (flip, image, head)
+            mirrored = out.matrix[rows:]
+        else:
+            mirrored = congeal(jnp.flip(unaligned, axis=2)).matrix
+        mirror = mirror_equivariance_loss(mirrored, out.matrix[:rows])
     tv = jnp.asarray(tv, perceptual.dtype)
     identity = jnp.asarray(identity, perceptual.dtype)
     equivariance = jnp.asarray(equivariance, perceptual.dtype)
     symmetry = jnp.asarray(symmetry, perceptual.dtype)
+    mirror = jnp.asarray(mirror, perceptual.dtype)
     total = (
         perceptual
         + settings.tv_weight * tv
         + settings.flow_identity_weight * identity
         + settings.equivariance_weight * equivariance
         + settings.symmetry_weight * symmetry
+        + settings.mirror_weight * mirror
     )
     return ObjectiveTerms(
         total=total,
@@ -220,6 +238,7 @@ def gangealing_objective(
         identity=identity,
         equivariance=equivariance,
         symmetry=symmetry,
+        mirror=mirror,
         distances=distances,
         assignments=assignments,
         delta_flow=chosen_flow,

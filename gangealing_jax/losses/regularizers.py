@@ -58,3 +58,20 @@ def pose_equivariance_loss(matrix_posed, matrix_plain, poses):
     linear = error[:, :2, :2] - jnp.eye(2, dtype=error.dtype)
     shift = error[:, :2, 2]
     return jnp.mean(jnp.sum(jnp.square(shift), -1) + jnp.sum(jnp.square(linear), (1, 2)) / 3.0)
+
+
+def mirror_equivariance_loss(matrix_mirrored, matrix):
+    """How far the congealing of a mirrored image is from the mirror of the image's congealing.
+
+    The mirror S x samples x at S p (S = diag(-1, 1)). Congealed by M' it should equal x congealed
+    by M and then mirrored, x(M S q), i.e. S M' S = M: the pose-equivariance loss of the copy made
+    by the pose S, with M' S in place of M'. With an STN that is also equivariant to rotations,
+    this pins the congealed pose of a left-right symmetric object upright (a tilt of d for x would
+    need a tilt of -d for its mirror, which is the same object rotated). Scalar.
+
+    Args:
+      matrix_mirrored: (M, 2, 3) similarity matrices M' of the mirrored images.
+      matrix: (M, 2, 3) matrices M of the images themselves.
+    """
+    reflect = jnp.broadcast_to(jnp.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], matrix.dtype), matrix.shape)
+    return pose_equivariance_loss(compose_affine(matrix_mirrored, reflect), matrix, reflect)

@@ -110,6 +110,7 @@ def settings_from_config(config):
         augment_padding=str(augment.get("padding_mode", "reflection")),
         equivariance_weight=float(augment.get("equivariance_weight", 0.0)),
         symmetry_weight=float(config.get("symmetry_weight", 0.0)),
+        mirror_weight=float(config.get("mirror_weight", 0.0)),
     )
     step = StepSettings(
         objective,

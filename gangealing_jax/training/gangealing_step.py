@@ -123,13 +123,14 @@ def _per_device_gradients(
             "identity": terms.identity,
             "equivariance": terms.equivariance,
             "symmetry": terms.symmetry,
+            "mirror": terms.mirror,
         }
         return (
             jax.tree.map(jnp.add, grads_sum, grads),
             jax.tree.map(jnp.add, metrics_sum, metrics),
         ), None
 
-    names = ("loss", "perceptual", "tv", "identity", "equivariance", "symmetry")
+    names = ("loss", "perceptual", "tv", "identity", "equivariance", "symmetry", "mirror")
     zero_metrics = {k: jnp.zeros(()) for k in names}
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), (z, noise, augment))
