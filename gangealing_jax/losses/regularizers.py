@@ -73,5 +73,7 @@ def mirror_equivariance_loss(matrix_mirrored, matrix):
       matrix_mirrored: (M, 2, 3) similarity matrices M' of the mirrored images.
       matrix: (M, 2, 3) matrices M of the images themselves.
     """
-    reflect = jnp.broadcast_to(jnp.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], matrix.dtype), matrix.shape)
+    reflect = jnp.broadcast_to(
+        jnp.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], matrix.dtype), matrix.shape
+    )
     return pose_equivariance_loss(compose_affine(matrix_mirrored, reflect), matrix, reflect)
