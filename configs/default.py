@@ -62,8 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
     # left-right symmetric categories that pulls the congealed pose upright and centred.
     c.symmetry_weight = 0.0
     # Distance (in the congealed frame) between the similarity congealing of the mirrored G(w)
-    # and the mirror of G(w)'s congealing (not in the reference; 0 = off): with pose augmentation
-    # it makes the congealed pose of a left-right symmetric category upright.
+    # and the mirror of G(w)'s congealing (not in the reference; 0 = off): a consistency prior
+    # for left-right symmetric categories.
     c.mirror_weight = 0.0
 
     # Spatial transformer.
