@@ -103,6 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.test_time.iters = 1  # similarity-STN iterations at test time
     c.test_time.padding_mode = "reflection"  # padding used when congealing real images
     c.test_time.flips = False  # flip-aware inference by default
+    # Regress each similarity from the image and its mirror together (not in the reference): for
+    # left-right symmetric categories it cancels the STN's asymmetric error (twice the cost).
+    c.test_time.mirror_average = False
 
     # Evaluation after training (PCK-Transfer on a prepared dataset with keypoints).
     c.eval = ml_collections.ConfigDict()

@@ -35,7 +35,9 @@ from gangealing_jax.models.cluster_classifier import ClusterClassifier
 from gangealing_jax.models.stn import STN
 
 # What a reference checkpoint does not record; the reference's application scripts pass these.
-DEFAULT_TEST_TIME = {"iters": 1, "padding_mode": "border", "flips": False}
+DEFAULT_TEST_TIME = {
+    "iters": 1, "padding_mode": "border", "flips": False, "mirror_average": False
+}  # fmt: skip
 CLASSIFIER_MODULE = "classifier"  # the classifier's module in reference checkpoints
 
 
@@ -67,7 +69,7 @@ class Classifier(NamedTuple):
 class AlignmentModel(NamedTuple):
     stn: STN
     variables: dict
-    test_time: dict  # iters, padding_mode, flips used when congealing real images
+    test_time: dict  # iters, padding_mode, flips, mirror_average used on real images
     path: str
     classifier: Classifier | None = None  # picks the heads of a clustering model
 
@@ -89,13 +91,18 @@ class AlignmentModel(NamedTuple):
             classifier = classifier._replace(variables=classifier_variables)
         return self._replace(variables=variables, classifier=classifier)
 
-    def congeal(self, images, source_images=None, **overrides):
-        """STN output for NHWC images in [-1, 1], with the model's test-time settings."""
-        forward = {
+    @property
+    def forward_settings(self) -> dict:
+        """The STN keywords its test-time settings ask for (iters, padding, mirror averaging)."""
+        return {
             "iters": int(self.test_time["iters"]),
             "padding_mode": self.test_time["padding_mode"],
+            "mirror_average": bool(self.test_time.get("mirror_average", False)),
         }
-        forward.update(overrides)
+
+    def congeal(self, images, source_images=None, **overrides):
+        """STN output for NHWC images in [-1, 1], with the model's test-time settings."""
+        forward = {**self.forward_settings, **overrides}
         return self.stn.apply(self.variables, jnp.asarray(images), source_images, **forward)
 
 

@@ -75,7 +75,7 @@ def transfer_batch(
             )
         match = point_ops.match_flips(
             model.stn, model.variables, source_a, source_b, points_a, points_b, permutation,
-            iters=int(model.test_time["iters"]), padding_mode=model.test_time["padding_mode"],
+            **model.forward_settings,
         )  # fmt: skip
         source_a, source_b = match.images_a, match.images_b
         points_a, points_b = match.points_a, match.points_b
@@ -189,6 +189,10 @@ def main(argv=None) -> int:
     parser.add_argument("--alphas", default="0.1,0.05,0.01")
     parser.add_argument("--flips", action="store_true", help="flip-aware transfer")
     parser.add_argument("--iters", type=int, default=None, help="similarity iterations")
+    parser.add_argument(
+        "--mirror_average", action=argparse.BooleanOptionalAction, default=None,
+        help="regress each similarity from the image and its mirror (default: the model's)",
+    )  # fmt: skip
     parser.add_argument("--cluster", type=int, default=None, help="head of a clustering model")
     parser.add_argument("--classifier", default=None, help="cluster classifier (default: found)")
     parser.add_argument("--batch", type=int, default=16)
@@ -201,6 +205,8 @@ def main(argv=None) -> int:
     test_time = dict(model.test_time, flips=args.flips or model.test_time.get("flips", False))
     if args.iters is not None:
         test_time["iters"] = args.iters
+    if args.mirror_average is not None:
+        test_time["mirror_average"] = args.mirror_average
     model = model._replace(test_time=test_time)
     dataset = PreparedDataset(args.data)
     options = dict(

@@ -182,11 +182,17 @@ class SpatialTransformer(nn.Module):
         base_warp=None,
         alpha=None,
         padding_mode: str = "border",
+        mirror_average: bool = False,
     ) -> HeadOutput:
+        """mirror_average: a similarity stage regresses each image's warp from the image and its
+        horizontal mirror together (see SimilarityHead); other stages ignore it."""
         cfg = self.config
         plan = trunk_plan(cfg, self.transform)
         taps = cfg.blur_kernel
         x = self.regression_input(images)
+        mirror_average = mirror_average and self.transform == "similarity"
+        if mirror_average:  # one trunk pass over the images and their mirrors
+            x = jnp.concatenate([x, jnp.flip(x, axis=2)], axis=0)
         x = ConvLayer(plan.stem, 1, blur_taps=taps, name="convs_0")(x)
         for j, (features, downsample) in enumerate(plan.blocks, start=1):
             x = ResBlock(features, downsample, blur_taps=taps, name=f"convs_{j}")(x)
@@ -200,7 +206,13 @@ class SpatialTransformer(nn.Module):
             head = SimilarityHead(
                 cfg.num_heads, cfg.antialias, cfg.max_mipmap_levels, name="warp_head"
             )
-            return head(source, features, output_size=output_size or cfg.flow_size, **warp_args)
+            return head(
+                source,
+                features,
+                output_size=output_size or cfg.flow_size,
+                mirror_average=mirror_average,
+                **warp_args,
+            )
         head = FlowHead(
             cfg.num_heads,
             cfg.flow_downsample,
@@ -240,6 +252,7 @@ class STN(nn.Module):
         alpha=None,
         padding_mode: str = "border",
         heads=None,
+        mirror_average: bool = False,
     ) -> STNOutput:
         """Congeal `images` (N, H, W, C), H = flow_size or a multiple of it.
 
@@ -251,6 +264,9 @@ class STN(nn.Module):
         alpha: scalar or (N,); lerps the final stage's warp towards the identity.
         heads: None warps every image with every head (rows n * K + k); (N,) head indices or
           (N, J) cluster scores warp each image with one head.
+        mirror_average: every similarity iteration regresses its warp from the image and its
+          horizontal mirror together, cancelling the part of the STN's error that is not
+          mirror-symmetric (for left-right symmetric categories; doubles the similarity cost).
         """
         cfg = self.config
         k = cfg.num_heads
@@ -277,6 +293,7 @@ class STN(nn.Module):
                     base_warp=warp,
                     alpha=alpha if final else None,
                     padding_mode=padding_mode,
+                    mirror_average=mirror_average,
                 )
                 if row_heads is None and k > 1:
                     # Every image went through every head; row n * K + k now follows head k.

@@ -31,6 +31,17 @@ from gangealing_jax.ops.sampling import (
 )
 
 NUM_SIMILARITY_PARAMS = 4  # rotation, log-scale, shift x, shift y
+# How the raw parameters of a horizontally mirrored image map back to the image itself: a mirror
+# negates the rotation (pi * tanh(rot) is odd in rot) and the x shift; scale and y shift stay.
+MIRROR_PARAM_SIGNS = (-1.0, 1.0, -1.0, 1.0)
+
+
+def mirror_averaged_params(params: jnp.ndarray) -> jnp.ndarray:
+    """(2N, 4, K) raw similarity parameters, rows [images; their mirrors] -> (N, 4, K): the mean
+    of each image's own parameters and those its mirror implies for it."""
+    n = params.shape[0] // 2
+    signs = jnp.asarray(MIRROR_PARAM_SIGNS, params.dtype)[:, None]
+    return 0.5 * (params[:n] + signs * params[n:])
 
 
 class HeadOutput(NamedTuple):
@@ -83,19 +94,27 @@ class SimilarityHead(nn.Module):
         base_warp=None,
         alpha=None,
         padding_mode: str = "border",
+        mirror_average: bool = False,
     ) -> HeadOutput:
         """source (N, H, W, C) pixels, features (N, D); heads (N,) int or None; base_warp
-        (N, 2, 3) composed before this warp; alpha (N,) lerps the result towards identity."""
+        (N, 2, 3) composed before this warp; alpha (N,) lerps the result towards identity.
+
+        mirror_average: features are (2N, D), of the images and then of their horizontal mirrors;
+        each image's warp is regressed from the mean of the two (`mirror_averaged_params`).
+        """
         k = self.num_heads
-        n = features.shape[0]
+        rows = features.shape[0]
         params = nn.Dense(
             NUM_SIMILARITY_PARAMS * k,
             kernel_init=nn.initializers.zeros,
             bias_init=nn.initializers.zeros,
             precision=jax.lax.Precision.HIGHEST,
             name="linear",
-        )(features)  # (N, 4K): four groups of K (rot, scale, tx, ty)
-        params = params.reshape(n, NUM_SIMILARITY_PARAMS, k)
+        )(features)  # (rows, 4K): four groups of K (rot, scale, tx, ty)
+        params = params.reshape(rows, NUM_SIMILARITY_PARAMS, k)
+        if mirror_average:
+            params = mirror_averaged_params(params)
+        n = params.shape[0]
         if heads is not None:
             params = jnp.take_along_axis(params, heads[:, None, None], axis=2)  # (N, 4, 1)
         per_image = params.shape[2]
