@@ -14,7 +14,7 @@ from gangealing_jax.losses.regularizers import mirror_equivariance_loss, pose_eq
 from gangealing_jax.models.stn import STN
 from gangealing_jax.ops.sampling import affine_grid, compose_affine, similarity_matrix, to_3x3
 from gangealing_jax.training.augment import PoseAugmentation, random_poses
-from tests.tiny_models import tiny_generator, tiny_stn_config
+from tests.tiny_models import perturbed, tiny_generator, tiny_stn_config
 
 AUG = PoseAugmentation(rotation_deg=30.0, log_scale=0.25, translation=0.2)
 
@@ -149,10 +149,7 @@ def test_objective_mirror_term_congeals_the_mirrored_generator_output(flips):
     generator, gvars = tiny_generator(size=16, style_dim=16, channels=8)
     stn = STN(tiny_stn_config(flow_size=16, supersize=16))
     stn_vars = stn.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
-    leaves, tree = jax.tree_util.tree_flatten(stn_vars)
-    keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
-    noisy = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    stn_vars = jax.tree_util.tree_unflatten(tree, noisy)  # no longer the identity warp
+    stn_vars = perturbed(stn_vars, jax.random.PRNGKey(7), 0.05)  # no longer the identity warp
     d = generator.config.style_dim
     frozen = Frozen(gvars, jnp.eye(2, d), jnp.zeros((1, d)))
     trainable = {"stn": stn_vars, "congealing": {"coefficients": jnp.full((1, 2), 0.1)}}

@@ -29,6 +29,7 @@ from gangealing_jax.convert.stn import load_stn, stn_variables_from_state
 from gangealing_jax.models.stn import STN, STNConfig, select_heads
 from gangealing_jax.ops.sampling import identity_grid
 from tests.golden import assert_close, golden_cases, load_fixture, nchw_to_nhwc
+from tests.tiny_models import perturbed
 
 IMAGE_TOL = dict(atol=1e-4, rtol=1e-4)  # images, grids, flows and matrices
 POINT_TOL = dict(atol=1e-3)  # pixels
@@ -243,14 +244,6 @@ def test_stn_converter_errors():
 _TINY_CHANNELS = {1: 8, 2: 8, 4: 8, 8: 8, 16: 8}
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _perturb(variables, key, scale):
-    leaves, tree = jax.tree_util.tree_flatten(variables)
-    keys = jax.random.split(key, len(leaves))
-    noisy = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return jax.tree_util.tree_unflatten(tree, noisy)
-
-
 def _tiny(
     transforms=("similarity", "flow"),
     num_heads=1,
@@ -274,7 +267,7 @@ def _tiny(
     key, perturb_key = jax.random.split(jax.random.PRNGKey(seed))
     variables = jax.jit(stn.init)(key, jnp.zeros((1, supersize, supersize, 3)))
     if scale:
-        variables = _perturb(variables, perturb_key, scale)
+        variables = perturbed(variables, perturb_key, scale)
     return stn, variables
 
 

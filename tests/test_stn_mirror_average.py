@@ -2,6 +2,7 @@
 congealing, exactly for one similarity pass and to sampling precision when iterated."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from gangealing_jax.apps.model import load_model
 from gangealing_jax.models.stn import STN
 from gangealing_jax.models.stn_heads import mirror_averaged_params
 from gangealing_jax.ops.sampling import similarity_matrix
-from tests.tiny_models import identity_model_bundle, tiny_stn_config
+from tests.tiny_models import identity_model_bundle, perturbed, tiny_stn_config
 
 MIRROR = np.diag([-1.0, 1.0, 1.0])
 
@@ -25,10 +26,7 @@ def _random_stn(transforms, num_heads=1, seed=0):
     stn = STN(config)
     init_key, noise_key = jax.random.split(jax.random.PRNGKey(seed))
     variables = stn.init(init_key, jnp.zeros((1, 16, 16, 3)))
-    leaves, tree = jax.tree_util.tree_flatten(variables)
-    keys = jax.random.split(noise_key, len(leaves))
-    noisy = [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    return stn, jax.tree_util.tree_unflatten(tree, noisy)
+    return stn, perturbed(variables, noise_key, 0.1)
 
 
 def _images(n=3, seed=1):
@@ -75,7 +73,7 @@ def test_mirror_averaged_stn_is_mirror_equivariant(iters):
     assert np.abs(_mirrored_matrix(plain_of_mirror) - plain).max() > 1e-3  # random STNs are not
     if iters == 1:  # close to the mean of the two warps (the parameters are what is averaged)
         np.testing.assert_allclose(
-            averaged, (plain + _mirrored_matrix(plain_of_mirror)) / 2, atol=0.02
+            averaged, (plain + _mirrored_matrix(plain_of_mirror)) / 2, atol=0.01
         )
 
 
@@ -94,8 +92,6 @@ def test_flow_stage_and_heads_follow_the_averaged_similarity():
 
 
 def test_exported_models_read_the_setting_and_default_to_off(tmp_path):
-    import json
-
     bundle = identity_model_bundle(tmp_path / "model")
     assert load_model(bundle).forward_settings["mirror_average"] is False
     meta_path = bundle / "model.json"

@@ -1,5 +1,7 @@
 """Small randomly initialised models for tests that need no reference weights."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -15,6 +17,16 @@ def tiny_generator(size: int = 16, style_dim: int = 32, n_mlp: int = 2, channels
         jax.random.PRNGKey(seed), jnp.zeros((1, style_dim)), noise_mode="const"
     )
     return generator, variables
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def perturbed(variables, key, scale: float):
+    """Every leaf plus scale * N(0, 1) noise: zero-initialised warp heads stop being the
+    identity."""
+    leaves, tree = jax.tree_util.tree_flatten(variables)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    return jax.tree_util.tree_unflatten(tree, noisy)
 
 
 def tiny_stn_config(

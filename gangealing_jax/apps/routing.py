@@ -52,7 +52,7 @@ def given_heads(model: AlignmentModel, n: int, cluster) -> jnp.ndarray | None:
 
 def flow_flips(model: AlignmentModel, source, heads=None) -> Route:
     """Mirror where mirror(x) gives the smoother residual flow (with `heads`, if given)."""
-    forward = dict(model.forward_settings)
+    forward = model.forward_settings  # a fresh dict
     if heads is not None:
         forward["heads"] = heads
     small = stn_input(source, model.flow_size)
