@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from gangealing_jax.ops.sampling import grid_sample, resize_bilinear
+from gangealing_jax.ops.sampling import clamp_inclusive, grid_sample, resize_bilinear
 from gangealing_jax.ops.upfirdn2d import make_kernel, upfirdn2d
 
 DEFAULT_MAX_LEVELS = 3.5
@@ -58,10 +58,28 @@ def num_stack_levels(max_num_levels: float, size: int, min_level: float = 0.0) -
     return min(int(math.ceil(highest)) + 1, int(math.log2(padded)) + 1)
 
 
+def _squared_norm(delta: jnp.ndarray) -> jnp.ndarray:
+    """dx * dx + dy * dy of (..., 2), each square rounded to float32 before the sum.
+
+    Which neighbour is farthest is decided by the last bit when two distances tie in exact
+    arithmetic, and that choice routes the gradient. The reference rounds each square; XLA:CPU
+    would fuse a square and the sum into one fused multiply-add with other rounding. The select
+    (NaN in, NaN out, so the value is unchanged) keeps the square a value of its own.
+    """
+    squares = jnp.where(jnp.isnan(delta), delta, delta * delta)
+    return squares[..., 0] + squares[..., 1]
+
+
 def _neighbour_distance(coords: jnp.ndarray) -> jnp.ndarray:
     """Largest distance from each sample to its 4 neighbours (edges replicated), at least 1.
 
     coords: (N, H, W, 2) in source pixels -> (N, H, W).
+
+    The derivative follows the reference's conventions, not only its values: the clamp at 1
+    passes the gradient when the squared distance is exactly 1, and a tie between neighbours
+    (left and right, up and down are equal on any affine grid) sends the whole gradient to the
+    first of them in the order left, right, up, down, as torch.max over a dimension does.
+    jnp.maximum / jnp.max would split it between the tied neighbours.
     """
     padded = jnp.pad(coords, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
     neighbours = (
@@ -71,8 +89,10 @@ def _neighbour_distance(coords: jnp.ndarray) -> jnp.ndarray:
         padded[:, 2:, 1:-1],
     )
     # The clamp at 1 keeps sqrt away from 0 and costs nothing: log2(1) is the lowest level anyway.
-    dists = [jnp.sqrt(jnp.maximum(jnp.sum((n - coords) ** 2, axis=-1), 1.0)) for n in neighbours]
-    return jnp.max(jnp.stack(dists), axis=0)
+    squared = jnp.stack([_squared_norm(n - coords) for n in neighbours])  # (4, N, H, W)
+    dists = jnp.sqrt(clamp_inclusive(squared, 1.0, jnp.inf))
+    first_max = jnp.argmax(dists, axis=0)[None]  # argmax returns the first of tied maxima
+    return jnp.take_along_axis(dists, first_max, axis=0)[0]
 
 
 def mipmap_levels(
@@ -85,13 +105,14 @@ def mipmap_levels(
     """Continuous stack level per output pixel, (N, Ho, Wo), in [min_level, max_num_levels - 1].
 
     As in the reference, the grid is converted to source pixels with (size - 1) * (g + 1) / 2
-    (align_corners=True style) for this purpose only.
+    (align_corners=True style) for this purpose only. Both clamps pass the gradient at their
+    bounds, as torch.clamp does (a level of exactly 0 is the common case).
     """
     x = (width - 1.0) * (grid[..., 0] + 1.0) / 2.0
     y = (height - 1.0) * (grid[..., 1] + 1.0) / 2.0
     dist = _neighbour_distance(jnp.stack([x, y], axis=-1))
-    levels = jnp.clip(jnp.log2(dist), 0.0, max_num_levels - 1.0)
-    return jnp.maximum(levels, min_level)
+    levels = clamp_inclusive(jnp.log2(dist), 0.0, max_num_levels - 1.0)
+    return clamp_inclusive(levels, min_level, jnp.inf)
 
 
 def _downsample_2x(x: jnp.ndarray) -> jnp.ndarray:

@@ -7,6 +7,7 @@ coordinates to input normalised coordinates (the `F.affine_grid` convention).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -91,25 +92,61 @@ def unnormalize_points(points, res: int, out_res: int):
     return (points / ((res - 1) / res) / 2 + 0.5) * (out_res - 1)
 
 
-def _reflect(coord, size: int):
+def clamp_inclusive(x, low, high):
+    """Clamp whose gradient passes wherever low <= x <= high, bounds included (torch.clamp).
+
+    jnp.clip splits the gradient of a value lying exactly on a bound; the reference's clamps do
+    not, and levels that sit exactly at a bound (log2 of a distance clamped to 1 is exactly 0)
+    are common.
+    """
+    inside = (x >= low) & (x <= high)
+    return jnp.where(inside, x, jax.lax.stop_gradient(jnp.clip(x, low, high)))
+
+
+def _clip_coordinate(pix, size: int):
+    """Clamp pixel coordinates to [0, size - 1]; a coordinate ON a border gets no gradient.
+
+    That is torch's grid_sample convention (its kernels treat the borders as out of bounds for
+    the gradient), so border and reflection padding differentiate as the reference does.
+    """
+    inside = (pix > 0.0) & (pix < size - 1.0)
+    return jnp.where(inside, pix, jax.lax.stop_gradient(jnp.clip(pix, 0.0, size - 1.0)))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _reflect_pixels(coord, twice_span: float):
     """Reflect source pixel coordinates about -0.5 and size - 0.5 (align_corners=False).
 
     Folds by whole double spans first, then mirrors once: the same arithmetic as torch's CPU
     kernel, which matters for grids far outside [-1, 1].
     """
-    low, twice_span = -0.5, 2.0 * size
+    low = -0.5
     dist = jnp.abs(coord - low)
     extra = dist - jnp.trunc(dist / twice_span) * twice_span
     return jnp.minimum(extra, twice_span - extra) + low
+
+
+@_reflect_pixels.defjvp
+def _reflect_pixels_jvp(twice_span, primals, tangents):
+    # The derivative is +-1: negative iff exactly one of "left of the low edge" and "mirrored once
+    # more" holds, with the strict comparisons of torch's kernel (ties keep the sign +1). The
+    # min/abs of the value would otherwise split or zero the gradient at those ties.
+    (coord,) = primals
+    low = -0.5
+    dist = jnp.abs(coord - low)
+    extra = dist - jnp.trunc(dist / twice_span) * twice_span
+    mirrored = extra > twice_span - extra
+    sign = jnp.where(mirrored ^ (coord - low < 0.0), -1.0, 1.0).astype(coord.dtype)
+    return _reflect_pixels(coord, twice_span), sign * tangents[0]
 
 
 def _source_coordinate(coord, size: int, padding_mode: str):
     """Normalised coordinate -> continuous pixel index on one axis, padding applied."""
     pix = (coord + 1.0) * (size / 2.0) - 0.5
     if padding_mode == "border":
-        pix = jnp.clip(pix, 0.0, size - 1.0)
+        pix = _clip_coordinate(pix, size)
     elif padding_mode == "reflection":
-        pix = jnp.clip(_reflect(pix, size), 0.0, size - 1.0)
+        pix = _clip_coordinate(_reflect_pixels(pix, 2.0 * size), size)
     elif padding_mode != "zeros":
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     return pix
