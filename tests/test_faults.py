@@ -7,6 +7,7 @@ import pathlib
 import shutil
 import signal
 
+import jax
 import numpy as np
 import pytest
 
@@ -148,8 +149,6 @@ def _setup_config(ndirs: int, heads: int):
 
 
 def test_stale_congealing_cache_is_ignored_and_recomputed(tmp_path, capsys):
-    import jax
-
     cache = tmp_path / "congealing_init.npz"
     # As written by an earlier run asking for 5 directions and 3 heads, before caches had keys.
     dim = test_config.get_config().generator.random_style_dim
@@ -237,3 +236,10 @@ def test_crash_then_damaged_checkpoint_resumes_from_the_previous_with_ordered_me
     steps = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")]
     assert steps == list(range(1, 9))
     assert (workdir / "checkpoints" / "damaged" / "6-truncated").is_dir()
+
+    # Resumed from the older checkpoint, the run still ends exactly as one that never stopped.
+    whole = gangealing_loop.train(_loop_config(8), tmp_path / "whole")
+    _, expected = load_bundle(whole.model_dir, kind="gangealing")
+    _, resumed = load_bundle(result.model_dir, kind="gangealing")
+    for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(x, y)
