@@ -204,8 +204,8 @@ def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = No
     distance = get_perceptual_loss(config)
     flow = config.stn.flow_size
     stn_vars = jax.jit(stn.init)(stn_key, jnp.zeros((1, flow, flow, 3)))
-    cache_key = congealing_cache_key(config, gvars)
-    cached = read_congealing_cache(congealing_cache, cache_key) if congealing_cache else None
+    cache_key = congealing_cache_key(config, gvars) if congealing_cache is not None else None
+    cached = read_congealing_cache(congealing_cache, cache_key) if cache_key else None
     if cached is not None:
         directions, lat_mean, coefficients = cached
     else:
