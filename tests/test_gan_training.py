@@ -63,9 +63,14 @@ def test_resume_repeats_the_uninterrupted_run(straight_run, tmp_path):
     half = _config(steps=2)
     first = gan_loop.train_gan(half, tmp_path)
     assert first.step == 2
+    # As if a crashed run had logged two more iterations past its last checkpoint.
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps({"step": s, "d_loss": 9.0}) + "\n" for s in (2, 3))
     resumed = gan_loop.train_gan(_config(), tmp_path)
     assert resumed.step == 4
     _assert_trees_equal(resumed.state, straight.state)
+    assert [r["step"] for r in _records(tmp_path)] == [0, 1, 2, 3]
+    assert all(r["d_loss"] != 9.0 for r in _records(tmp_path))
     # The jitted steps were traced once for all three runs (equal setups share them).
     setup = gan_loop.build_setup(_config(), parallel.make_mesh())
     steps = gan.make_steps(setup, fast_compile=True)

@@ -8,13 +8,13 @@ directory. With eval.data = "procedural", held-out procedural faces are rendered
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gangealing_jax import atomic
 from gangealing_jax.apps.model import AlignmentModel, load_model
 from gangealing_jax.apps.pck import evaluate_pck, stn_input
 from gangealing_jax.data import procedural
@@ -113,5 +113,5 @@ def evaluate_run(config, workdir, model_dir) -> dict:
 
 def write_summary(workdir, summary: dict) -> pathlib.Path:
     path = pathlib.Path(workdir) / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    atomic.write_json(path, summary, indent=2)
     return path

@@ -17,6 +17,7 @@ import pathlib
 
 import numpy as np
 
+from gangealing_jax import atomic
 from gangealing_jax.convert.state_dict import CheckpointError
 
 BUNDLE_FORMAT = 1
@@ -24,22 +25,21 @@ TRAINED_MODEL_KIND = "gangealing"  # exported by training: STN, congealing vecto
 
 
 def save_bundle(directory: str | os.PathLike, kind: str, config: dict, variables) -> pathlib.Path:
+    """Writes (or replaces) the bundle in `directory`, leaving any other file there alone.
+
+    The new weights are written beside the old ones and swapped in only once complete, so a
+    failure midway (a full disk, a kill) leaves the previous bundle loadable.
+    """
     import orbax.checkpoint as ocp
 
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / "variables"
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
     tree = _to_numpy_tree(variables)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(target, tree)
+    with atomic.staged_directory(directory / "variables") as tmp:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp, tree, force=True)  # force: `tmp` exists (empty)
     meta = {"kind": kind, "config": config, "format": BUNDLE_FORMAT}
-    tmp = directory / "model.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    tmp.replace(directory / "model.json")
+    atomic.write_text(directory / "model.json", json.dumps(meta, indent=2, sort_keys=True))
     return directory
 
 
@@ -104,12 +104,9 @@ def pack_bundle(path: str | os.PathLike, kind: str, config: dict, variables, ext
     arrays.update({"extra/" + key: np.asarray(value) for key, value in (extra or {}).items()})
     meta = {"kind": kind, "config": config, "format": BUNDLE_FORMAT}
     arrays[_PACKED_META] = np.asarray(json.dumps(meta, sort_keys=True))
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
-    return path
+    with atomic.open_for_write(path) as f:
+        np.savez_compressed(f, **arrays)
+    return pathlib.Path(path)
 
 
 def unpack_bundle(path: str | os.PathLike, kind: str | None = None):

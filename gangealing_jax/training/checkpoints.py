@@ -6,6 +6,10 @@ dataclasses included) is saved, so that a resumed run continues exactly as one t
 Saves are atomic: orbax writes a step into a temporary directory and renames it only once complete,
 so a crash (or a full disk) mid-save leaves the previous checkpoints as they were; the half-written
 directory is never restored from, and is removed the next time the directory is opened.
+
+Damage after a save (a file cut short, a flipped bit, lost metadata) is caught on restore by the
+manifest each save leaves in its step folder (`checkpoint_integrity`): the damaged step is named in
+one line, moved into `damaged/`, and the newest intact one is restored instead.
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import os
 import pathlib
 import shutil
 import signal
+import sys
 import threading
 
 import flax.serialization
 import jax
 import numpy as np
+
+from gangealing_jax.training import checkpoint_integrity as integrity
 
 # Room asked for beyond the raw size of the state (metadata, filesystem slack).
 _DISK_MARGIN_BYTES = 16 * 2**20
@@ -112,6 +119,8 @@ class CheckpointManager:
         try:
             self._manager.save(step, args=self._ocp.args.StandardSave(tree), force=True)
             self._manager.wait_until_finished()
+            if jax.process_index() == 0:
+                integrity.write_manifest(self.step_dir(step))
         except Exception as err:
             if _is_disk_full(err):
                 self._remove_partial_saves()
@@ -131,10 +140,26 @@ class CheckpointManager:
         return flax.serialization.from_state_dict(target, restored)
 
     def restore_latest(self, target):
-        """`target` itself when the directory holds no checkpoint, else the latest restored into it."""
-        if self.latest_step() is None:
-            return target
-        return self.restore(target)
+        """The newest intact checkpoint restored into `target` (`target` itself when there is none).
+
+        Each damaged newer one is reported in one line and moved into `damaged/`.
+        """
+        for step in reversed(self.all_steps()):
+            damage = integrity.find_damage(self.step_dir(step))
+            if damage is None:
+                try:
+                    return self.restore(target, step)
+                except Exception as err:
+                    verified = (self.step_dir(step) / integrity.MANIFEST).is_file()
+                    if verified or not integrity.is_read_failure(err):
+                        raise  # intact files: the target differs (another config), not damage
+                    first_line = str(err).strip().splitlines()[0][:300]
+                    damage = integrity.Damage("unreadable", f"orbax cannot read it ({first_line})")
+            self._set_aside(step, damage)
+        return target
+
+    def step_dir(self, step: int) -> pathlib.Path:
+        return self.directory / str(int(step))
 
     def close(self) -> None:
         self._manager.close()
@@ -159,9 +184,31 @@ class CheckpointManager:
             "Free some space (or move the work directory) and resume.",
         )
 
+    def _set_aside(self, step: int, damage: integrity.Damage) -> None:
+        moved = self.directory / integrity.DAMAGED_DIR / f"{step}-{damage.kind}"
+        if jax.process_index() == 0:
+            moved = integrity.set_aside(self.directory, step, damage)
+        _sync_processes(f"checkpoint_set_aside_{step}")
+        self._manager.reload()
+        older = [s for s in self.all_steps() if s < step]
+        then = f"trying step {older[-1]}" if older else "no older checkpoint: starting afresh"
+        print(
+            f"checkpoint step {step} in {self.directory} is damaged: {damage.detail}; "
+            f"moved to {moved}; {then}",
+            file=sys.stderr,
+            flush=True,
+        )
+
     def _remove_partial_saves(self) -> None:
         for path in self.directory.glob("*.orbax-checkpoint-tmp*"):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _is_replicated(x) -> bool:
@@ -185,7 +232,8 @@ def _place_like(restored, target):
 
 
 class TerminationRequest:
-    """Turns SIGTERM into a flag the training loop polls, so that it saves and exits cleanly.
+    """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the training loop polls, so that it saves
+    and exits cleanly; a second Ctrl-C exits at once, without saving.
 
         with TerminationRequest() as stop:
             for step in ...:
@@ -196,7 +244,7 @@ class TerminationRequest:
     Outside the main thread signals cannot be caught; the flag then only changes via `request()`.
     """
 
-    def __init__(self, signals=(signal.SIGTERM,)):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
         self._signals = tuple(signals)
         self._previous = {}
         self._event = threading.Event()
@@ -205,8 +253,18 @@ class TerminationRequest:
     def requested(self) -> bool:
         return self._event.is_set()
 
-    def request(self, *_):
+    def request(self, signum=None, _frame=None):
         self._event.set()
+        if signum == signal.SIGINT:
+            # The default action from now on: the next Ctrl-C ends the process even while it is
+            # blocked inside a device computation or a save, where no Python handler could run.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # os.write, not print: a handler may interrupt a print to the same stream.
+            os.write(
+                sys.stderr.fileno(),
+                b"\ninterrupted: saving a checkpoint after this iteration "
+                b"(Ctrl-C again to exit at once, without saving)\n",
+            )
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

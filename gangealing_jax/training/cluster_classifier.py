@@ -28,6 +28,7 @@ from jax import shard_map
 from jax.sharding import Mesh, PartitionSpec
 from tqdm import tqdm
 
+from gangealing_jax import atomic
 from gangealing_jax.convert.bundle import TRAINED_MODEL_KIND, is_bundle, load_bundle, save_bundle
 from gangealing_jax.convert.cluster_classifier import (
     CLASSIFIER_KIND,
@@ -275,7 +276,9 @@ def export_classifier(directory, classifier: ClusterClassifier, state, model_dir
         "step": int(state.step),
         "model": str(pathlib.Path(model_dir).absolute()),
     }
-    return save_bundle(directory, CLASSIFIER_KIND, meta, jax.device_get(state.params))
+    with atomic.staged_directory(directory) as tmp:  # a failed export keeps the previous one
+        save_bundle(tmp, CLASSIFIER_KIND, meta, jax.device_get(state.params))
+    return pathlib.Path(directory).absolute()
 
 
 class ClassifierRunResult(NamedTuple):
@@ -306,7 +309,7 @@ def train_classifier(
     primary = jax.process_index() == 0
     if primary:
         args = dict(model=str(run_dir), iters=iters, batch=batch, lr=lr, period=period, seed=seed)
-        (workdir / "config.json").write_text(json.dumps(args, indent=2))
+        atomic.write_json(workdir / "config.json", args, indent=2)
     init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
     flow = classifier.config.size
     params = jax.jit(classifier.init)(init_key, jnp.zeros((1, flow, flow, 3)))
@@ -319,8 +322,8 @@ def train_classifier(
     step_fn = make_train_step(run.generator, run.stn, classifier, optimizer, settings, mesh)
     teacher, distance = replicate(run.teacher, mesh), replicate(run.distance, mesh)
     zero_lr_iters = set(lr_cycle_iters(0, period, iters, settings.tm))
-    writer = MetricsWriter(workdir, enabled=primary)
     metrics, interrupted, start = {}, False, int(state.step)
+    writer = MetricsWriter(workdir, enabled=primary, last_step=start)
     bar = tqdm(range(start, iters), initial=start, total=iters, disable=not primary)
     with TerminationRequest() as stop:
         for index in bar:
@@ -345,5 +348,5 @@ def train_classifier(
     out = workdir / "classifier"
     if primary:
         export_classifier(out, classifier, state, run.model_dir)
-        (workdir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic.write_json(workdir / "final_metrics.json", metrics, indent=2)
     return ClassifierRunResult(int(state.step), interrupted, metrics, out)

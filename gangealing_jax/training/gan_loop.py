@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gangealing_jax import atomic
 from gangealing_jax.convert.bundle import load_bundle, pack_bundle, save_bundle
 from gangealing_jax.convert.stylegan2 import config_to_dict
 from gangealing_jax.models.discriminator import Discriminator, DiscriminatorConfig
@@ -39,7 +40,7 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 class GANRunResult(NamedTuple):
     state: gan.GANState
     step: int  # iterations completed
-    interrupted: bool  # stopped early by SIGTERM (after saving)
+    interrupted: bool  # stopped early by SIGTERM or Ctrl-C (after saving)
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -153,26 +154,26 @@ def batch_indices(step: int, batch: int, count: int, seed: int) -> np.ndarray:
 def export_generator(directory, setup: gan.GANSetup, state: gan.GANState, key, num_samples: int):
     """Writes the EMA generator as a 'generator' bundle plus its mean w (`mean_latent.npy`).
 
-    Written beside and swapped in by renames, so an interrupted export keeps the previous one.
+    Written beside and swapped in by renames (`atomic`), so an interrupted export keeps the
+    previous one.
     """
     directory = pathlib.Path(directory).absolute()
-    tmp = directory.with_name(directory.name + ".tmp")
-    old = directory.with_name(directory.name + ".old")
+    tmp, _ = atomic.staging_paths(directory)
     variables = _host_tree(state.ema_variables())
     w_mean = _mean_latent_fn(setup.generator, num_samples)(variables, key)
-    if jax.process_index() == 0 and tmp.exists():
-        shutil.rmtree(tmp)
-    _sync("export_start")
-    save_bundle(tmp, "generator", config_to_dict(setup.generator.config), variables)
     if jax.process_index() == 0:
-        np.save(tmp / MEAN_LATENT_FILE, np.asarray(w_mean, np.float32))
-        if directory.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
-        pack_generator(directory)
+        atomic.begin_directory(directory)
+    _sync("export_start")
+    try:
+        save_bundle(tmp, "generator", config_to_dict(setup.generator.config), variables)
+        if jax.process_index() == 0:
+            np.save(tmp / MEAN_LATENT_FILE, np.asarray(w_mean, np.float32))
+            atomic.commit_directory(directory)
+            pack_generator(directory)
+    except BaseException:
+        if jax.process_index() == 0:
+            atomic.abort_directory(directory)
+        raise
     _sync("export_done")
     return directory
 
@@ -275,7 +276,8 @@ def train_gan(config, workdir: str | os.PathLike) -> GANRunResult:
     state = ckpts.restore_latest(state)
     step = int(jax.device_get(state.step))
 
-    writer = MetricsWriter(workdir, enabled=main_process)
+    # Scalars are logged under the index of the interval's last iteration (`i`, not `i + 1`).
+    writer = MetricsWriter(workdir, enabled=main_process, last_step=step - 1)
     sample_z = jax.random.normal(sample_key, (config.n_samples, config.model.style_dim))
     sample = _sample_fn(setup.generator)
 

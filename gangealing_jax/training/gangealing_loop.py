@@ -1,12 +1,12 @@
 """The GANgealing training loop: logging, visuals, checkpoints, resume, export.
 
 Rerunning with the same work directory resumes from its latest checkpoint and continues exactly as
-an uninterrupted run. SIGTERM (e.g. a TPU preemption) saves a checkpoint and returns cleanly.
+an uninterrupted run. SIGTERM (e.g. a TPU preemption) or Ctrl-C saves a checkpoint and returns
+cleanly.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from typing import NamedTuple
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from gangealing_jax import atomic
 from gangealing_jax.convert.bundle import TRAINED_MODEL_KIND, save_bundle
 from gangealing_jax.convert.stn import stn_config_to_dict
 from gangealing_jax.convert.stylegan2 import config_to_dict
@@ -85,7 +86,10 @@ def export_model(directory, config, setup: RunSetup, state) -> pathlib.Path:
         "test_time": config.test_time.to_dict(),
         "train_padding_mode": config.stn.padding_mode,
     }
-    return save_bundle(directory, TRAINED_MODEL_KIND, meta, host)
+    # The whole folder is swapped in at once: a failed export leaves the previous one loadable.
+    with atomic.staged_directory(directory) as tmp:
+        save_bundle(tmp, TRAINED_MODEL_KIND, meta, host)
+    return pathlib.Path(directory).absolute()
 
 
 def train(config, workdir: str | os.PathLike) -> RunResult:
@@ -94,7 +98,7 @@ def train(config, workdir: str | os.PathLike) -> RunResult:
     initialize_distributed(bool(config.get("distributed", False)) or None)
     primary = jax.process_index() == 0
     if primary:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
     devices = jax.devices()
     mesh = make_mesh(devices[: config.num_devices] if config.num_devices else devices)
     setup, state = build_run(
@@ -110,7 +114,7 @@ def train(config, workdir: str | os.PathLike) -> RunResult:
     )  # fmt: skip
     frozen, distance = replicate(setup.frozen, mesh), replicate(setup.distance, mesh)
     zero_lr_iters = set(lr_cycle_iters(config.anneal_psi, config.period, config.iters, config.tm))
-    writer = MetricsWriter(workdir, enabled=primary)
+    writer = MetricsWriter(workdir, enabled=primary, last_step=start)
     vis_z = jax.random.normal(
         jax.random.PRNGKey(config.seed + 1),
         (max(1, config.n_sample // config.num_heads), setup.generator.config.style_dim),
@@ -153,6 +157,6 @@ def train(config, workdir: str | os.PathLike) -> RunResult:
     model_dir = workdir / "model"
     if primary:
         export_model(model_dir, config, setup, state)
-        (workdir / "final_metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic.write_json(workdir / "final_metrics.json", metrics, indent=2)
     writer.close()
     return RunResult(int(state.step), interrupted, metrics, model_dir)

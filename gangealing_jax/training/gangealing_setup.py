@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pathlib
+import sys
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gangealing_jax import atomic
 from gangealing_jax.convert.state_dict import CheckpointError
 from gangealing_jax.convert.stylegan2 import load_generator
 from gangealing_jax.losses.gangealing import Frozen, ObjectiveSettings
@@ -133,6 +137,59 @@ def settings_from_config(config):
     return step, optim
 
 
+def tree_fingerprint(tree) -> str:
+    """SHA-256 of every leaf's path, dtype, shape and bytes: which generator a cache came from."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        array = np.ascontiguousarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def congealing_cache_key(config, gvars) -> dict:
+    """Everything the PCA buffers and initial coefficients depend on."""
+    key = {
+        "generator": tree_fingerprint(gvars),
+        "ndirs": int(config.ndirs),
+        "num_heads": int(config.num_heads),
+        "inject": int(config.inject),
+        "num_pca_samples": int(config.num_pca_samples),
+        "pca_exact": bool(config.pca_exact),
+        "seed": int(config.seed),
+    }
+    if config.num_heads > 1:  # k-means++ measures distances with the perceptual loss
+        key["loss"] = json.loads(config.loss.to_json_best_effort())
+    return key
+
+
+def read_congealing_cache(path: pathlib.Path, key: dict):
+    """(directions, lat_mean, coefficients) of the cache at `path`; None (with one line saying
+    why) when it is absent, unreadable or was computed for other settings."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            stored = json.loads(str(data["key"])) if "key" in data.files else None
+            arrays = data["directions"], data["lat_mean"], data["coefficients"]
+    except (OSError, ValueError, KeyError) as err:
+        why = f"it is unreadable ({err})"
+    else:
+        if stored == key:
+            return arrays
+        if stored is None:
+            why = "it does not record what it was computed from"
+        else:
+            fields = sorted(k for k in set(key) | set(stored) if key.get(k) != stored.get(k))
+            why = "it was computed for other settings: " + ", ".join(
+                f"{k} {stored.get(k)!r} (now {key.get(k)!r})" if k != "generator" else
+                "another generator"
+                for k in fields
+            )  # fmt: skip
+    print(f"ignoring {path}: {why}; recomputing it", file=sys.stderr, flush=True)
+    return None
+
+
 def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = None):
     """(RunSetup, initial state). The PCA buffers are cached in `congealing_cache` (an .npz) so a
     resumed run reuses them instead of recomputing."""
@@ -147,11 +204,10 @@ def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = No
     distance = get_perceptual_loss(config)
     flow = config.stn.flow_size
     stn_vars = jax.jit(stn.init)(stn_key, jnp.zeros((1, flow, flow, 3)))
-    if congealing_cache is not None and congealing_cache.is_file():
-        with np.load(congealing_cache) as data:
-            directions, lat_mean, coefficients = (
-                data["directions"], data["lat_mean"], data["coefficients"]
-            )  # fmt: skip
+    cache_key = congealing_cache_key(config, gvars) if congealing_cache is not None else None
+    cached = read_congealing_cache(congealing_cache, cache_key) if cache_key else None
+    if cached is not None:
+        directions, lat_mean, coefficients = cached
     else:
         init = init_congealing(
             generator,
@@ -166,11 +222,11 @@ def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = No
         )
         directions, lat_mean, coefficients = init.directions, init.lat_mean, init.coefficients
         if congealing_cache is not None and jax.process_index() == 0:
-            congealing_cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(
-                congealing_cache, directions=directions, lat_mean=lat_mean,
-                coefficients=coefficients,
-            )  # fmt: skip
+            with atomic.open_for_write(congealing_cache) as f:
+                np.savez(
+                    f, directions=directions, lat_mean=lat_mean, coefficients=coefficients,
+                    key=np.asarray(json.dumps(cache_key, sort_keys=True)),
+                )  # fmt: skip
     step_settings, optimizer_settings = settings_from_config(config)
     optimizer = make_optimizer(optimizer_settings)
     frozen = Frozen(gvars, jnp.asarray(directions), jnp.asarray(lat_mean))

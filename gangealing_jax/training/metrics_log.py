@@ -10,6 +10,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from gangealing_jax import atomic
+
 
 class NonFiniteLossError(FloatingPointError):
     """A training metric became NaN or infinite."""
@@ -47,10 +49,39 @@ def save_png(array_uint8: np.ndarray, path: str | os.PathLike) -> None:
     Image.fromarray(array_uint8).save(path)
 
 
-class MetricsWriter:
-    """Scalars to TensorBoard and `metrics.jsonl`; image grids to TensorBoard and PNG files."""
+def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
+    """Drops the records of `metrics.jsonl` past `last_step` (and a line cut short by a crash);
+    returns how many were dropped. Rewritten atomically: a crash here loses nothing."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            step = None  # a partial last line
+        if step is None or step > last_step:
+            dropped += 1
+        else:
+            kept.append(line + "\n")
+    if dropped:
+        atomic.write_text(path, "".join(kept))
+    return dropped
 
-    def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+
+class MetricsWriter:
+    """Scalars to TensorBoard and `metrics.jsonl`; image grids to TensorBoard and PNG files.
+
+    `last_step`: the step the run resumes after (0 for a fresh run). Records logged past it by an
+    earlier, crashed run are dropped from `metrics.jsonl`, and TensorBoard is told to hide its
+    events from there on (tensorboardX cannot rewrite its event files), so that the logs match
+    the restored checkpoint and the steps read in order.
+    """
+
+    def __init__(
+        self, workdir: str | os.PathLike, enabled: bool = True, last_step: int | None = None
+    ):
         self.workdir = pathlib.Path(workdir)
         self.enabled = enabled
         self._tb = None
@@ -59,8 +90,13 @@ class MetricsWriter:
             self.workdir.mkdir(parents=True, exist_ok=True)
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-            self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115
+            jsonl = self.workdir / "metrics.jsonl"
+            purge = None
+            if last_step is not None:
+                truncate_metrics(jsonl, last_step)
+                purge = last_step + 1
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=purge)
+            self._jsonl = open(jsonl, "a")  # noqa: SIM115
 
     def scalars(self, step: int, metrics: dict) -> None:
         if not self.enabled:
