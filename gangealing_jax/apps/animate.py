@@ -33,6 +33,7 @@ from gangealing_jax.apps.propagate import (
 from gangealing_jax.apps.routing import route
 from gangealing_jax.apps.video import FrameWriter
 from gangealing_jax.data import image_io
+from gangealing_jax.errors import entry_point
 from gangealing_jax.models.stn_heads import warp_image
 from gangealing_jax.ops.sampling import identity_grid, lerp
 from gangealing_jax.training.metrics_log import image_grid
@@ -120,6 +121,7 @@ def animation_frames(
         yield np.concatenate(chunks)
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument

@@ -26,6 +26,7 @@ from gangealing_jax.apps.model import AlignmentModel, load_model, stn_input
 from gangealing_jax.apps.pck_metric import bbox_threshold, pair_counts, visibility
 from gangealing_jax.apps.routing import route
 from gangealing_jax.data.prepared import PreparedDataset, random_pairs
+from gangealing_jax.errors import entry_point
 from gangealing_jax.training.parallel import batch_sharding, make_mesh
 
 PROTOCOLS = ("spair", "cub")
@@ -181,6 +182,7 @@ def evaluate_pck(
     )
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="work directory, model bundle or .pt")

@@ -37,6 +37,7 @@ from gangealing_jax.apps.model import AlignmentModel, load_model, stn_input
 from gangealing_jax.apps.routing import route
 from gangealing_jax.data import image_io, sources
 from gangealing_jax.data.prepared import PreparedDataset
+from gangealing_jax.errors import entry_point
 from gangealing_jax.ops.sampling import normalize_points
 from gangealing_jax.ops.splat import normalize_splat, splat_points
 from gangealing_jax.training.metrics_log import image_grid, save_png
@@ -310,6 +311,7 @@ def input_batches(data: str, batch: int, *, size=None, pad="center", indices=Non
         yield [name for name, _ in chunk], np.stack([image for _, image in chunk])
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from gangealing_jax.convert.state_dict import CheckpointError, conv_weight_to_hwio, read_checkpoint
+from gangealing_jax.errors import ConfigError, entry_point
 from gangealing_jax.losses.perceptual import (
     LPIPS_SCALE,
     LPIPS_SHIFT,
@@ -211,7 +212,7 @@ def convert(
         vgg = None
     sources = [p for p in (vgg, simclr, lpips_module) if p]
     if len(sources) != 1:
-        raise SystemExit("give one trunk: --vgg, --simclr or --lpips-module")
+        raise ConfigError("give exactly one trunk: --vgg, --simclr or --lpips-module")
     heads = read_state_dict(lpips_heads) if lpips_heads else None
     weights = weights_from_state(read_state_dict(sources[0]), heads)
     written = save_perceptual_weights(weights, out)
@@ -220,6 +221,7 @@ def convert(
     return written
 
 
+@entry_point
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m gangealing_jax.convert.perceptual",

@@ -12,9 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, or does not hold what was asked for."""
+from gangealing_jax.errors import CheckpointError
 
 
 def _to_numpy(value):

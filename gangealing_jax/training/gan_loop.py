@@ -30,6 +30,7 @@ from gangealing_jax.models.discriminator import Discriminator, DiscriminatorConf
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig, mean_latent
 from gangealing_jax.training import gan, parallel
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
+from gangealing_jax.training.config_checks import check_gan_config
 from gangealing_jax.training.metrics_log import MetricsWriter, NonFiniteLossError, check_finite
 
 MEAN_LATENT_FILE = "mean_latent.npy"
@@ -259,6 +260,7 @@ def train_gan(config, workdir: str | os.PathLike) -> GANRunResult:
     from tqdm import tqdm
 
     parallel.initialize_distributed(config.distributed or None)
+    check_gan_config(config, jax.device_count())
     workdir = pathlib.Path(workdir).absolute()
     main_process = jax.process_index() == 0
     mesh = parallel.make_mesh()

@@ -10,8 +10,10 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from gangealing_jax.errors import GangealingError
 
-class NonFiniteLossError(FloatingPointError):
+
+class NonFiniteLossError(GangealingError, FloatingPointError):
     """A training metric became NaN or infinite."""
 
 
