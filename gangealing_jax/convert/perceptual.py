@@ -25,7 +25,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gangealing_jax.convert.state_dict import CheckpointError, conv_weight_to_hwio, read_checkpoint
+from gangealing_jax.convert.state_dict import (
+    CheckpointError,
+    check_finite,
+    conv_weight_to_hwio,
+    read_checkpoint,
+)
 from gangealing_jax.errors import ConfigError, entry_point
 from gangealing_jax.losses.perceptual import (
     LPIPS_SCALE,
@@ -186,7 +191,9 @@ def _last_convs(vgg: Mapping[str, dict]):
 
 def read_state_dict(path: str | os.PathLike) -> dict:
     """A torch state dict (`.pt`/`.pth`, weights only) or `.npz` with the same keys, as numpy."""
-    return read_checkpoint(path)
+    flat = read_checkpoint(path)
+    check_finite(flat, os.fspath(path))
+    return flat
 
 
 def save_perceptual_weights(weights: PerceptualWeights, path: str | os.PathLike) -> str:
