@@ -37,7 +37,7 @@ from gangealing_jax.convert.cluster_classifier import (
 from gangealing_jax.convert.state_dict import CheckpointError
 from gangealing_jax.convert.stn import stn_config_from_dict
 from gangealing_jax.convert.stylegan2 import config_to_dict
-from gangealing_jax.errors import InputFileError
+from gangealing_jax.errors import ConfigError, InputFileError
 from gangealing_jax.losses.gangealing import (
     Frozen,
     ObjectiveSettings,
@@ -203,8 +203,8 @@ def make_train_step(generator, stn, classifier, optimizer, settings, mesh: Mesh 
     shardings = {}
     if mesh is not None:
         if settings.batch % mesh.devices.size:
-            raise ValueError(
-                f"batch {settings.batch} is not divisible by the {mesh.devices.size} devices"
+            raise ConfigError(
+                f"--batch={settings.batch} is not divisible by the {mesh.devices.size} devices"
             )
         shardings = dict(in_shardings=replicated(mesh), out_shardings=replicated(mesh))
     step = functools.partial(
