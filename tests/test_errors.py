@@ -126,7 +126,7 @@ def _with(config, **fields):
     "fields, devices, message",
     [
         ({"batch": 0}, 1, "--config.batch=0: must be >= 1; e.g. --config.batch=40"),
-        ({"grad_accum": 3}, 1, "--config.batch=4: 4 is not divisible by --config.grad_accum (3)"),
+        ({"grad_accum": 3}, 1, "--config.batch=4: 4 is not divisible by --config.grad_accum (3); use 3 or 6"),
         ({}, 3, "--config.batch=4: 4 images per micro-batch (batch / grad_accum) do not split "
                 "over 3 devices; use a multiple of 3"),
         ({"num_devices": 2}, 1, "--config.num_devices=2: only 1 devices are present; use 0"),

@@ -80,8 +80,9 @@ class _Checker:
 
     def divisible(self, field: str, value: int, by: int, reason: str):
         if value % by:
-            multiple = max(by, (value // by) * by)
-            self.fail(field, f"{value} is not divisible by {reason} ({by})", f"use {multiple}")
+            below = (value // by) * by
+            fix = f"use {below} or {below + by}" if below else f"use {by}"
+            self.fail(field, f"{value} is not divisible by {reason} ({by})", fix)
 
 
 def check_gangealing_config(config, device_count: int | None = None) -> None:
