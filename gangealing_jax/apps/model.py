@@ -183,7 +183,7 @@ def load_model(
         found = found or _classifier_bundle(path.parent / CLASSIFIER_MODULE)
     elif not path.exists():
         raise CheckpointError(f"{given}: no such model; {_MODEL_PATHS}")
-    elif path.is_dir() and not is_bundle(path / module):
+    elif path.is_dir() and not is_bundle(path) and not is_bundle(path / module):
         raise CheckpointError(
             f"{given}: holds no model (no model/ or {module}/ bundle); {_MODEL_PATHS}"
         )
