@@ -14,7 +14,7 @@ from configs.gan import test as gan_test_config
 from gangealing_jax import errors
 from gangealing_jax.apps import animate, congeal, pck, propagate, video
 from gangealing_jax.convert import perceptual as convert_perceptual
-from gangealing_jax.training import gangealing_loop
+from gangealing_jax.training import config_checks, gangealing_loop
 from gangealing_jax.training.config_checks import check_gan_config, check_gangealing_config
 from tests.tiny_models import identity_model_bundle
 
@@ -153,6 +153,7 @@ def test_shipped_configs_pass_and_a_bad_one_leaves_no_work_directory(tmp_path):
     check_gangealing_config(test_config.get_config(), 1)
     check_gangealing_config(_with(default.get_config(), loss__name="multiscale_structural"), 8)
     check_gan_config(gan_test_config.get_config(), 1)
+    assert config_checks.EVAL_PROTOCOLS == pck.PROTOCOLS  # named twice across a layer boundary
     workdir = tmp_path / "run"
     with pytest.raises(errors.ConfigError, match="--config.batch=-4"):
         gangealing_loop.train(_with(test_config.get_config(), batch=-4), workdir)

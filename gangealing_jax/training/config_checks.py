@@ -22,7 +22,7 @@ EVAL_PROCEDURAL = "procedural"
 
 
 class _Checker:
-    """Collects the first bad field of a config; `flag` is the prefix users type."""
+    """Raises at the first bad field of a config; `flag` is the prefix users type before it."""
 
     def __init__(self, config, flag: str = "--config."):
         self.config = config
