@@ -40,11 +40,11 @@ DEFAULT_PAD = {"folder": "center", "video": "center", "spair": "border", "cub": 
 _STAGING = ".images.staging"
 _SUMMARY_LIMIT = 20
 _MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own decompression-bomb limit
-# Every name prepare() writes into --out; of these, only leftovers of a failed run (the skip list,
-# the staging file) are replaced without --overwrite.
+# Every name prepare() writes into --out; only a failed run's leftovers are replaced unasked.
 _WRITTEN = ("meta.json", "images.npy", "keypoints.npy", "bboxes.npy", "pairs.npy",
             "transforms.npy", "items.json", "skipped.json", _STAGING)  # fmt: skip
 _LEFTOVERS = ("skipped.json", _STAGING)
+_EXAMPLES = dict(size=256, chunk=256, workers=4, max_pixels=10**8, max_items=1000, frame_step=2)
 
 
 class NoReadableImagesError(InputFileError):
@@ -181,7 +181,7 @@ def _check_settings(**flags) -> None:
     """Numeric settings (None: unset), named as their flags, before any input is read."""
     for flag, value in flags.items():
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise ConfigError(f"--{flag} {value}: must be a positive integer, e.g. --{flag} 256")
+            raise ConfigError(f"--{flag} {value}: must be >= 1, e.g. --{flag} {_EXAMPLES[flag]}")
 
 
 def prepare(

@@ -303,10 +303,7 @@ def test_bad_flags_and_used_out_folders_are_refused_before_any_image_is_read(tmp
     out = tmp_path / "out"
     for size in (0, -3):
         code, _, stderr = _run(capsys, "--input", root, "--out", out, "--size", size)
-        assert (
-            code == 2
-            and stderr == f"error: --size {size}: must be a positive integer, e.g. --size 256\n"
-        )
+        assert code == 2 and stderr == f"error: --size {size}: must be >= 1, e.g. --size 256\n"
     assert not out.exists()
     out.mkdir()
     (out / "items.json").write_text("the user's own notes")
