@@ -13,7 +13,10 @@ from configs import test as test_config
 from configs.gan import test as gan_test_config
 from gangealing_jax import errors
 from gangealing_jax.apps import animate, congeal, pck, propagate, video
+from gangealing_jax.apps.model import load_model
 from gangealing_jax.convert import perceptual as convert_perceptual
+from gangealing_jax.convert.bundle import TRAINED_MODEL_KIND, load_bundle, save_bundle
+from gangealing_jax.convert.stn import stn_config_from_dict
 from gangealing_jax.training import config_checks, gangealing_loop
 from gangealing_jax.training.config_checks import check_gan_config, check_gangealing_config
 from tests.tiny_models import identity_model_bundle
@@ -101,6 +104,11 @@ def test_apps_name_the_path_the_user_gave(tmp_path, capsys, monkeypatch):
     model = identity_model_bundle(tmp_path / "model")
     code, err = _main_exit(capsys, pck.main, "--model", model, "--data", tmp_path / "no_data")
     assert code == 2 and f"{tmp_path / 'no_data'} does not exist" in err
+    # A converted STN bundle is a model, given itself or as the module folder of its parent.
+    meta, variables = load_bundle(model, kind=TRAINED_MODEL_KIND)
+    save_bundle(tmp_path / "converted" / "t_ema", "stn", meta["stn"], variables["stn"])
+    for path in (tmp_path / "converted" / "t_ema", tmp_path / "converted"):
+        assert load_model(path).stn.config == stn_config_from_dict(meta["stn"])
     code, err = _main_exit(capsys, convert_perceptual.main, "--out", out)
     assert code == 2 and "give exactly one trunk: --vgg, --simclr or --lpips-module" in err
     code, err = _main_exit(capsys, convert_perceptual.main, "--vgg", "/no/vgg.pth", "--out", out)
