@@ -10,8 +10,11 @@
 Writes the prepared format of gangealing_jax.data.prepared, plus skipped.json (every input that
 could not be read, and why), items.json (the source of every item, in order) and transforms.npy
 ((N, 4) scale_x, scale_y, offset_x, offset_y: prepared = source * scale + offset, per item).
-Unreadable inputs are skipped and reported, never fatal. Images pass through a staging file on
-disk, so memory stays bounded by --chunk whatever the dataset size.
+Unreadable inputs are skipped and reported, never fatal; so are images over --max_pixels (refused
+from their header, never decoded). Images smaller than --size are upscaled and counted in the
+summary. Images pass through a staging file on disk, so memory stays bounded by --chunk whatever
+the dataset size. --out must be empty or new: files already there are replaced only with
+--overwrite.
 """
 
 from __future__ import annotations
@@ -25,18 +28,26 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from gangealing_jax.data import image_io, sources
 from gangealing_jax.data.prepared import PreparedDataset, PreparedWriter
+from gangealing_jax.errors import ConfigError, InputFileError, entry_point
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif", ".mpg", ".mpeg")
 DEFAULT_PAD = {"folder": "center", "video": "center", "spair": "border", "cub": None}
 _STAGING = ".images.staging"
 _SUMMARY_LIMIT = 20
+_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own decompression-bomb limit
+# Every name prepare() writes into --out; only a failed run's leftovers are replaced unasked.
+_WRITTEN = ("meta.json", "images.npy", "keypoints.npy", "bboxes.npy", "pairs.npy",
+            "transforms.npy", "items.json", "skipped.json", _STAGING)  # fmt: skip
+_LEFTOVERS = ("skipped.json", _STAGING)
+_EXAMPLES = dict(size=256, chunk=256, workers=4, max_pixels=10**8, max_items=1000, frame_step=2)
 
 
-class NoReadableImagesError(ValueError):
+class NoReadableImagesError(InputFileError):
     """Every input was skipped (or there were none), so there is nothing to write."""
 
 
@@ -51,9 +62,19 @@ class PrepareReport(NamedTuple):
     skipped: list[Skipped]
     ignored: tuple[str, ...]
     unit_word: str
+    upscaled: tuple[str, ...] = ()  # items smaller than the target size, enlarged to fit
 
     def summary(self) -> str:
-        return _summary(self.total, self.skipped, self.ignored, self.unit_word, self.dataset.path)
+        text = _summary(self.total, self.skipped, self.ignored, self.unit_word, self.dataset.path)
+        if not self.upscaled:
+            return text
+        shown = ", ".join(self.upscaled[:_SUMMARY_LIMIT]) + (
+            ", ..." * (len(self.upscaled) > _SUMMARY_LIMIT)
+        )
+        return text + (
+            f"\nwarning: {len(self.upscaled)} of {len(self.dataset)} items were smaller than "
+            f"{self.dataset.resolution} pixels and were upscaled (blurry): {shown}"
+        )
 
 
 class _Prepared(NamedTuple):
@@ -61,6 +82,7 @@ class _Prepared(NamedTuple):
     keypoints: np.ndarray  # (P, 3) float32
     bbox: np.ndarray  # (4,) float32
     transform: np.ndarray  # (4,) float32 scale_x, scale_y, offset_x, offset_y
+    upscaled: bool  # the source was enlarged to fit
 
 
 def _summary(total, skipped, ignored, unit_word, out_dir) -> str:
@@ -83,11 +105,13 @@ def _summary(total, skipped, ignored, unit_word, out_dir) -> str:
     return "\n".join(lines)
 
 
-def _prepare_item(item: sources.SourceItem, read_exif, size, pad, background) -> _Prepared:
+def _prepare_item(
+    item: sources.SourceItem, read_exif, size, pad, background, max_pixels
+) -> _Prepared:
     if item.frame is not None:
         image = item.frame
     else:
-        image = image_io.load_rgb(item.path, background, apply_exif_orientation=read_exif)
+        image = image_io.load_rgb(item.path, background, read_exif, max_pixels)
     height, width = image.shape[:2]
     if item.expected_size is not None and item.expected_size != (width, height):
         raise image_io.ImageReadError(
@@ -108,17 +132,18 @@ def _prepare_item(item: sources.SourceItem, read_exif, size, pad, background) ->
     else:
         bbox = fitted.map_points(np.reshape(item.bbox, (2, 2))).reshape(4)
     transform = (fitted.scale_x, fitted.scale_y, fitted.offset_x, fitted.offset_y)
-    return _Prepared(fitted.image, keypoints, bbox, np.asarray(transform, np.float32))
+    upscaled = max(fitted.scale_x, fitted.scale_y) > 1
+    return _Prepared(fitted.image, keypoints, bbox, np.asarray(transform, np.float32), upscaled)
 
 
-def _prepare_unit(unit: sources.SourceUnit, read_exif, size, pad, background):
+def _prepare_unit(unit: sources.SourceUnit, read_exif, size, pad, background, max_pixels):
     """The unit's prepared items, or a Skipped saying which input failed and why."""
     if unit.error is not None:
         return Skipped(unit.name, unit.error)
     prepared = []
     for item in unit.items:
         try:
-            prepared.append(_prepare_item(item, read_exif, size, pad, background))
+            prepared.append(_prepare_item(item, read_exif, size, pad, background, max_pixels))
         except (ValueError, OSError) as err:  # ImageReadError, or pixels no resize accepts
             reason = err.reason if isinstance(err, image_io.ImageReadError) else repr(err)
             prefix = "" if item.name == unit.name else f"{item.name}: "
@@ -137,10 +162,26 @@ def _chunks(units: Iterable, chunk: int) -> Iterator[list]:
         yield batch
 
 
-def _check_output(out_dir: str) -> None:
-    for name in ("meta.json", "images.npy", "keypoints.npy", "bboxes.npy", "pairs.npy", _STAGING):
-        if os.path.exists(os.path.join(out_dir, name)):
-            raise FileExistsError(f"{out_dir} already holds {name}; choose an empty --out")
+def _check_output(out_dir: str, overwrite: bool) -> None:
+    """Refuses a used --out unless overwrite; then removes only what an earlier run wrote."""
+    present = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    held = [name for name in present if name not in _LEFTOVERS]
+    if held and not overwrite:
+        shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        raise InputFileError(
+            f"--out {out_dir} already holds {shown}; choose an empty or new folder, or pass "
+            "--overwrite to replace the prepared files there (other files are left alone)"
+        )
+    for name in present:
+        if name in _WRITTEN:
+            os.remove(os.path.join(out_dir, name))
+
+
+def _check_settings(**flags) -> None:
+    """Numeric settings (None: unset), named as their flags, before any input is read."""
+    for flag, value in flags.items():
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise ConfigError(f"--{flag} {value}: must be >= 1, e.g. --{flag} {_EXAMPLES[flag]}")
 
 
 def prepare(
@@ -154,27 +195,32 @@ def prepare(
     background=image_io.WHITE,
     progress: bool = False,
     input_path: str | None = None,
+    max_pixels: int | None = _MAX_PIXELS,
+    overwrite: bool = False,
 ) -> PrepareReport:
     """Read every unit of `source`, fit it to size x size and write the prepared dataset.
 
     pad: a mode of image_io.PAD_MODES; None takes the source's default (center for folders and
     videos, border for SPair). CUB items carry their own ACSM crop box and accept no pad mode.
+    max_pixels: larger image files are skipped without being decoded (None: no limit).
+    overwrite: replace the files of `out_dir` (else it must be empty or new).
     """
+    _check_settings(size=size, chunk=chunk, workers=workers, max_pixels=max_pixels)
     if pad is None:
         pad = DEFAULT_PAD[source.kind]
     elif source.kind == "cub":
-        raise ValueError("CUB is cropped around its bounding boxes as ACSM does; drop the pad")
+        raise ConfigError("--pad: CUB is cropped around its bounding boxes as ACSM does; drop it")
     elif source.kind == "spair" and pad not in ("border", "zero"):
-        raise ValueError(f"SPair keeps whole images: pad 'border' or 'zero', not {pad!r}")
+        raise ConfigError(f"--pad {pad}: SPair keeps whole images; use --pad border or zero")
     if pad is not None and pad not in image_io.PAD_MODES:
-        raise ValueError(f"unknown pad mode {pad!r}; choose one of {image_io.PAD_MODES}")
-    _check_output(out_dir)
+        raise ConfigError(f"--pad {pad}: unknown pad mode; choose one of {image_io.PAD_MODES}")
+    _check_output(out_dir, overwrite)
     os.makedirs(out_dir, exist_ok=True)
     staging_path = os.path.join(out_dir, _STAGING)
     skipped: list[Skipped] = []
-    names, keypoints, bboxes, transforms = [], [], [], []
+    names, keypoints, bboxes, transforms, upscaled = [], [], [], [], []
     total = 0
-    work = (source.read_exif, size, pad, background)
+    work = (source.read_exif, size, pad, background, max_pixels)
     try:
         with (
             open(staging_path, "wb") as staging,
@@ -194,6 +240,8 @@ def prepare(
                         keypoints.append(prepared.keypoints)
                         bboxes.append(prepared.bbox)
                         transforms.append(prepared.transform)
+                        if prepared.upscaled:
+                            upscaled.append(item.name)
                 bar.update(len(batch))
         _write_json(out_dir, "skipped.json", _skipped_record(total, skipped, source.unit_word))
         if not names:
@@ -203,12 +251,12 @@ def prepare(
             )
         dataset = _write_dataset(
             source, out_dir, size, pad, staging_path, names, keypoints, bboxes, transforms,
-            chunk, {"input": input_path, "skipped": len(skipped)},
+            chunk, {"input": input_path, "skipped": len(skipped), "upscaled": len(upscaled)},
         )  # fmt: skip
     finally:
         if os.path.exists(staging_path):
             os.remove(staging_path)
-    return PrepareReport(dataset, total, skipped, source.ignored, source.unit_word)
+    return PrepareReport(dataset, total, skipped, source.ignored, source.unit_word, tuple(upscaled))
 
 
 def _write_dataset(
@@ -262,8 +310,10 @@ def _parser() -> argparse.ArgumentParser:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     add = p.add_argument
     add("--input", required=True, help="image folder, video file, SPair-71k or CUB_200_2011 root")
-    add("--out", required=True, help="output directory (must not hold a dataset yet)")
+    add("--out", required=True, help="output directory (empty or new, unless --overwrite)")
+    add("--overwrite", action="store_true", help="replace the files already in --out")
     add("--size", type=int, default=256, help="side of the square prepared images")
+    add("--max_pixels", type=int, default=_MAX_PIXELS, help="skip larger images, undecoded")
     add(
         "--pad",
         choices=image_io.PAD_MODES,
@@ -309,7 +359,9 @@ def _source_from_args(args) -> sources.Source:
             kind = "spair"
         elif os.path.isfile(args.input):
             if not args.input.lower().endswith(VIDEO_EXTENSIONS):
-                raise ValueError(f"{args.input} is a file but not a known video; pass --format")
+                raise ConfigError(
+                    f"--input {args.input} is a file but not a known video; pass --format"
+                )
             kind = "video"
         else:
             kind = "folder"
@@ -319,24 +371,26 @@ def _source_from_args(args) -> sources.Source:
         return sources.video_source(args.input, args.frame_step, args.max_items)
     if kind == "spair":
         if args.spair_category is None:
-            raise ValueError("--format spair needs --spair_category")
+            raise ConfigError("--format spair needs --spair_category")
         return sources.spair_source(
             args.input, args.spair_category, args.spair_split, args.max_items
         )
     return sources.cub_source(args.input, args.cub_split, args.cub_acsm_mat, args.max_items)
 
 
+@entry_point
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        source = _source_from_args(args)
-        report = prepare(
-            source, args.out, args.size, args.pad, chunk=args.chunk, workers=args.workers,
-            background=args.background, progress=args.progress, input_path=args.input,
-        )  # fmt: skip
-    except (ValueError, OSError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    names = ("size", "chunk", "workers", "max_pixels", "max_items", "frame_step")
+    _check_settings(**{name: getattr(args, name) for name in names})
+    # Pillow refuses images over twice its own limit on open; --max_pixels decides instead.
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, args.max_pixels)
+    source = _source_from_args(args)
+    report = prepare(
+        source, args.out, args.size, args.pad, chunk=args.chunk, workers=args.workers,
+        background=args.background, progress=args.progress, input_path=args.input,
+        max_pixels=args.max_pixels, overwrite=args.overwrite,
+    )  # fmt: skip
     print(report.summary())
     print(f"wrote {len(report.dataset)} items of {args.size}x{args.size} pixels to {args.out}")
     return 0

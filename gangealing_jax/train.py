@@ -17,11 +17,8 @@ from ml_collections import config_flags
 
 import configs
 from gangealing_jax.apps.evaluate import evaluate_run, write_summary
-from gangealing_jax.convert.state_dict import CheckpointError
-from gangealing_jax.losses.perceptual import MissingWeightsError
-from gangealing_jax.training.checkpoints import CheckpointDiskFullError
+from gangealing_jax.errors import entry_point
 from gangealing_jax.training.gangealing_loop import train
-from gangealing_jax.training.metrics_log import NonFiniteLossError
 
 DEFAULT_CONFIG = pathlib.Path(configs.__file__).resolve().parent / "embedded.py"
 _CONFIG = config_flags.DEFINE_config_file(
@@ -32,6 +29,7 @@ _WORKDIR = flags.DEFINE_string(
 )
 
 
+@entry_point
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -40,12 +38,7 @@ def main(argv):
     started = time.time()
     config = _CONFIG.value
     workdir = _WORKDIR.value or f"runs/{_config_name()}"
-    try:
-        result = train(config, workdir)
-    except (
-        NonFiniteLossError, CheckpointDiskFullError, CheckpointError, MissingWeightsError
-    ) as err:  # fmt: skip
-        raise SystemExit(f"error: {err}") from None
+    result = train(config, workdir)
     what = "interrupted" if result.interrupted else "finished"
     print(f"{what} at iteration {result.step}; model exported to {result.model_dir}")
     print({k: round(v, 6) for k, v in result.metrics.items()})

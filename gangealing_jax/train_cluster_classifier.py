@@ -11,11 +11,8 @@ exits.
 
 from absl import app, flags, logging
 
-from gangealing_jax.convert.state_dict import CheckpointError
-from gangealing_jax.losses.perceptual import MissingWeightsError
-from gangealing_jax.training.checkpoints import CheckpointDiskFullError
+from gangealing_jax.errors import entry_point
 from gangealing_jax.training.cluster_classifier import train_classifier
-from gangealing_jax.training.metrics_log import NonFiniteLossError
 
 _MODEL = flags.DEFINE_string("model", None, "GANgealing work directory (required)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, logs, classifier (required)")
@@ -29,6 +26,7 @@ _LOG_EVERY = flags.DEFINE_integer("log_every", 25, "iterations between scalar lo
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "devices of the mesh (0 = all)")
 
 
+@entry_point
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -36,16 +34,11 @@ def main(argv):
         raise app.UsageError("--model and --workdir are required")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    try:
-        result = train_classifier(
-            _MODEL.value, _WORKDIR.value, iters=_ITERS.value, batch=_BATCH.value, lr=_LR.value,
-            period=_PERIOD.value, seed=_SEED.value, ckpt_every=_CKPT_EVERY.value,
-            log_every=_LOG_EVERY.value, num_devices=_NUM_DEVICES.value,
-        )  # fmt: skip
-    except (
-        NonFiniteLossError, CheckpointDiskFullError, CheckpointError, MissingWeightsError, ValueError
-    ) as err:  # fmt: skip
-        raise SystemExit(f"error: {err}") from None
+    result = train_classifier(
+        _MODEL.value, _WORKDIR.value, iters=_ITERS.value, batch=_BATCH.value, lr=_LR.value,
+        period=_PERIOD.value, seed=_SEED.value, ckpt_every=_CKPT_EVERY.value,
+        log_every=_LOG_EVERY.value, num_devices=_NUM_DEVICES.value,
+    )  # fmt: skip
     what = "interrupted" if result.interrupted else "finished"
     print(f"{what} at iteration {result.step}; classifier exported to {result.classifier_dir}")
     print({k: round(v, 6) for k, v in result.metrics.items()})

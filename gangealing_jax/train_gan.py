@@ -9,24 +9,21 @@ Rerunning with the same --workdir resumes from its latest checkpoint. SIGTERM sa
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gangealing_jax.training.checkpoints import CheckpointDiskFullError
+from gangealing_jax.errors import entry_point
 from gangealing_jax.training.gan_loop import train_gan
-from gangealing_jax.training.metrics_log import NonFiniteLossError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/gan/*.py file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, samples and the export")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+@entry_point
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-    try:
-        result = train_gan(_CONFIG.value, _WORKDIR.value)
-    except (NonFiniteLossError, CheckpointDiskFullError) as err:
-        raise SystemExit(f"error: {err}") from None
+    result = train_gan(_CONFIG.value, _WORKDIR.value)
     what = "interrupted" if result.interrupted else "finished"
     print(f"{what} at iteration {result.step}; generator exported to {_WORKDIR.value}/generator")
 

@@ -327,5 +327,7 @@ def test_cli_trains_resumes_and_exports(tmp_path, capsys):
     logits = ClusterClassifier(config).apply(variables, jnp.zeros((2, 16, 16, 3)))
     assert logits.shape == (2, 4)
     assert variables["params"]["convs_0"]["conv"]["weight"].shape == (1, 1, 3, 8)
-    with pytest.raises(SystemExit, match="not a finished GANgealing work directory"):
+    with pytest.raises(SystemExit) as exit_:
         _cli(f"--model={tmp_path / 'cls'}", f"--workdir={tmp_path / 'other'}", "--iters=1")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "not a finished GANgealing work directory" in err

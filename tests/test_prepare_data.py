@@ -16,7 +16,10 @@ from tests.test_image_io import write_exif_rotated_jpeg, write_png_rgb16, write_
 
 
 def _run(capsys, *args):
-    code = prepare_data.main([*map(str, args), "--no-progress"])
+    try:
+        code = prepare_data.main([*map(str, args), "--no-progress"])
+    except SystemExit as exit_:  # an expected error: one line on stderr, status 2
+        code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -71,7 +74,7 @@ def test_messy_folder_prepares_and_reports_what_it_skipped(messy_folder, tmp_pat
     assert rotated[13, :, 2].mean() > 200 and rotated[13, :, 0].mean() < 60
     assert not os.path.exists(out / ".images.staging")
     code, _, stderr = _run(capsys, "--input", messy_folder, "--out", out, "--size", 16)
-    assert code == 1 and "already holds" in stderr
+    assert code == 2 and "already holds" in stderr
 
 
 def test_recursive_and_limits(messy_folder, tmp_path, capsys):
@@ -90,7 +93,7 @@ def test_nothing_readable_is_an_error_with_the_list(tmp_path, capsys):
     root.mkdir()
     (root / "bad.png").write_bytes(b"\x89PNG not really")
     code, _, stderr = _run(capsys, "--input", root, "--out", tmp_path / "out", "--size", 8)
-    assert code == 1 and "skipped 1 of 1 files: bad.png" in stderr
+    assert code == 2 and "skipped 1 of 1 files: bad.png" in stderr
     assert json.loads((tmp_path / "out" / "skipped.json").read_text())["skipped"][0]["name"]
     assert not os.path.exists(tmp_path / "out" / "meta.json")
 
@@ -116,7 +119,7 @@ def test_video_frames(tmp_path, capsys):
 def test_missing_video_backend_says_what_to_install(tmp_path, capsys):
     (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
     code, _, stderr = _run(capsys, "--input", tmp_path / "clip.mp4", "--out", tmp_path / "o")
-    assert code == 1 and "pip install imageio[ffmpeg]" in stderr
+    assert code == 2 and "pip install imageio[ffmpeg]" in stderr
 
 
 def _spair_pair(root, name, category, src, trg, ids, src_kps, trg_kps, src_box, trg_box):
@@ -170,7 +173,7 @@ def test_spair_tree(tmp_path, capsys):
     transforms = np.load(out / "transforms.npy")
     np.testing.assert_allclose(transforms[0], [0.8, 0.8, 0, 8])
     code, _, stderr = _run(capsys, *args, "--out", tmp_path / "o2", "--pad", "center")
-    assert code == 1 and "border" in stderr
+    assert code == 2 and "border" in stderr
 
 
 CUB_IMAGES = {1: ("001.Gull/g1.jpg", 60, 40, 1), 2: ("001.Gull/g2.jpg", 30, 50, 0),
@@ -250,7 +253,7 @@ def test_cub_tree_with_cub_split(cub_root, tmp_path, capsys):
     _check_cub(dataset, cub_root, 2, 0, 24)
     _check_cub(dataset, cub_root, 3, 1, 24)
     code, _, stderr = _run(capsys, *args, "--out", tmp_path / "o2", "--pad", "zero")
-    assert code == 1 and "ACSM" in stderr
+    assert code == 2 and "ACSM" in stderr
 
 
 def test_cub_tree_with_acsm_mat(cub_root, tmp_path, capsys):
@@ -275,3 +278,64 @@ def test_cub_tree_with_acsm_mat(cub_root, tmp_path, capsys):
     assert json.loads((out / "items.json").read_text()) == [CUB_IMAGES[i][0] for i in ids]
     _check_cub(dataset, cub_root, 3, 0, 20)
     _check_cub(dataset, cub_root, 1, 1, 20)
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header claims width x height but whose pixel data is one tiny chunk: opening
+    it reads the size, decoding it fails (so a refusal by size proves nothing was decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 16)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat))
+
+
+def test_bad_flags_and_used_out_folders_are_refused_before_any_image_is_read(tmp_path, capsys):
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "a.png")
+    out = tmp_path / "out"
+    for size in (0, -3):
+        code, _, stderr = _run(capsys, "--input", root, "--out", out, "--size", size)
+        assert code == 2 and stderr == f"error: --size {size}: must be >= 1, e.g. --size 256\n"
+    assert not out.exists()
+    out.mkdir()
+    (out / "items.json").write_text("the user's own notes")
+    (out / "keep.txt").write_text("mine")
+    code, _, stderr = _run(capsys, "--input", root, "--out", out, "--size", 8)
+    assert code == 2 and stderr.count("\n") == 1
+    assert f"--out {out} already holds items.json, keep.txt" in stderr and "--overwrite" in stderr
+    assert (out / "items.json").read_text() == "the user's own notes"
+    assert _run(capsys, "--input", root, "--out", out, "--size", 8, "--overwrite")[0] == 0
+    assert json.loads((out / "items.json").read_text()) == ["a.png"]
+    assert (out / "keep.txt").read_text() == "mine"  # --overwrite replaces only its own files
+    assert _run(capsys, "--input", root, "--out", out, "--size", 8, "--overwrite")[0] == 0
+
+
+def test_huge_images_are_skipped_undecoded_and_small_ones_counted_as_upscaled(tmp_path, capsys):
+    root = tmp_path / "in"
+    root.mkdir()
+    _png_header_only(root / "huge.png", 9500, 9500)  # 90.25 Mpx: over Pillow's 89.5 Mpx limit
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(root / "small.png")
+    Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(root / "big.png")
+    Image.fromarray(np.full((12, 30, 3), 90, np.uint8)).save(root / "wide.png")
+    out = tmp_path / "out"
+    code, stdout, _ = _run(capsys, "--input", root, "--out", out, "--size", 16)
+    assert code == 0
+    assert (
+        "skipped 1 of 4 files: huge.png (9500x9500 is over the limit of 89478485 pixels)" in stdout
+    )
+    # Centre crop: wide.png's 12-pixel short side is enlarged to 16, as small.png is.
+    assert "warning: 2 of 3 items were smaller than 16 pixels and were upscaled" in stdout
+    assert stdout.split("upscaled (blurry): ")[1].split("\n")[0] == "small.png, wide.png"
+    assert PreparedDataset(str(out)).meta["upscaled"] == 2
+    code, stdout, _ = _run(capsys, "--input", root, "--out", tmp_path / "o2", "--size", 16,
+                           "--max_pixels", 300)  # fmt: skip
+    assert code == 0 and "big.png (20x20 is over the limit of 300 pixels)" in stdout
+    assert "skipped 3 of 4 files" in stdout and "wrote 1 items" in stdout

@@ -33,6 +33,7 @@ from gangealing_jax.apps.propagate import (
 from gangealing_jax.apps.routing import route
 from gangealing_jax.apps.video import FrameWriter
 from gangealing_jax.data import image_io
+from gangealing_jax.errors import ConfigError, entry_point
 from gangealing_jax.models.stn_heads import warp_image
 from gangealing_jax.ops.sampling import identity_grid, lerp
 from gangealing_jax.training.metrics_log import image_grid
@@ -41,7 +42,7 @@ from gangealing_jax.training.metrics_log import image_grid
 def eased_alphas(frames: int) -> np.ndarray:
     """(frames,) from 0 to 1 on a cosine ease (slow start and end), as the reference's videos."""
     if frames < 2:
-        raise ValueError(f"an animation needs at least 2 frames, got {frames}")
+        raise ConfigError(f"an animation needs at least 2 frames, got {frames}")
     steps = np.arange(frames) / (frames - 1)
     return (0.5 - 0.5 * np.cos(math.pi * steps)).astype(np.float32)
 
@@ -120,6 +121,7 @@ def animation_frames(
         yield np.concatenate(chunks)
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument

@@ -29,6 +29,7 @@ from gangealing_jax.apps import points as point_ops
 from gangealing_jax.apps.model import AlignmentModel, load_model, stn_input
 from gangealing_jax.apps.routing import route
 from gangealing_jax.data.prepared import PreparedDataset
+from gangealing_jax.errors import entry_point
 from gangealing_jax.training.metrics_log import image_grid, save_png
 from gangealing_jax.training.parallel import batch_sharding, make_mesh, replicate
 
@@ -183,6 +184,7 @@ def with_overrides(model: AlignmentModel, iters=None, flips=False) -> AlignmentM
     return model._replace(test_time=test_time)
 
 
+@entry_point
 def main(argv=None) -> int:
     # Imported here: apps.filter builds on this module's batch runner.
     from gangealing_jax.apps import filter as filtering

@@ -23,6 +23,7 @@ from gangealing_jax.apps.congeal import BatchRunner, to_signed, to_uint8
 from gangealing_jax.apps.model import AlignmentModel, stn_input
 from gangealing_jax.apps.routing import route
 from gangealing_jax.data.prepared import PreparedDataset, PreparedWriter
+from gangealing_jax.errors import ConfigError, InputFileError
 from gangealing_jax.models.stn import STN
 from gangealing_jax.ops.sampling import unnormalize_points
 
@@ -34,7 +35,7 @@ def similarity_stage(model: AlignmentModel) -> AlignmentModel:
     """The model's first (similarity) stage alone: rotation, zoom and shift, no dense warp."""
     config = model.stn.config
     if config.transforms[0] != "similarity":
-        raise ValueError("--warp similarity needs an STN whose first stage is a similarity")
+        raise ConfigError("--warp similarity needs an STN whose first stage is a similarity")
     if len(config.transforms) == 1:
         return model
     stn = STN(dataclasses.replace(config, transforms=("similarity",)))
@@ -45,7 +46,7 @@ def similarity_stage(model: AlignmentModel) -> AlignmentModel:
 def retained_by_score(scores: np.ndarray, fraction: float) -> np.ndarray:
     """Sorted indices of the round(fraction * N) best scores (ties keep the lower index)."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction_retained must be in (0, 1], got {fraction}")
+        raise ConfigError(f"fraction_retained must be in (0, 1], got {fraction}")
     keep = max(1, int(round(fraction * len(scores))))
     return np.sort(np.argsort(-np.asarray(scores), kind="stable")[:keep])
 
@@ -134,9 +135,9 @@ def filter_dataset(
     reference's default). flow_scores: precomputed (N,) scores instead of this model's.
     """
     if warp not in WARPS:
-        raise ValueError(f"warp must be one of {WARPS}, got {warp!r}")
+        raise ConfigError(f"warp must be one of {WARPS}, got {warp!r}")
     if model.stn.config.num_heads != 1:
-        raise ValueError("dataset filtering supports single-head (unimodal) models only")
+        raise ConfigError("dataset filtering supports single-head (unimodal) models only")
     flips = bool(model.test_time.get("flips", False)) if flips is None else flips
     resolution = output_resolution or dataset.resolution
     minimum = min_effective_resolution
@@ -169,16 +170,16 @@ def filter_dataset(
     scores, oob, effective = np.concatenate(scores), np.concatenate(oob), np.concatenate(effective)
     if flow_scores is None:
         if model.stn.config.transforms[-1] != "flow" and fraction_retained < 1.0:
-            raise ValueError("fraction_retained < 1 ranks flow scores: the STN has no flow stage")
+            raise ConfigError("fraction_retained < 1 ranks flow scores: the STN has no flow stage")
         flow_scores = scores
     if len(flow_scores) != len(dataset):
-        raise ValueError(f"{len(flow_scores)} flow scores for {len(dataset)} images")
+        raise InputFileError(f"{len(flow_scores)} flow scores for {len(dataset)} images")
     by_score = retained_by_score(flow_scores, fraction_retained)
     low = effective[by_score] < minimum
     rejected_oob = oob[by_score]
     kept = by_score[~rejected_oob & ~low]
     if len(kept) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"no image passed the filters ({int(rejected_oob.sum())} out of bounds, "
             f"{int((low & ~rejected_oob).sum())} below {minimum:g} px); "
             "lower --min_effective_resolution or raise --fraction_retained"

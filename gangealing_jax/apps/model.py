@@ -39,6 +39,10 @@ DEFAULT_TEST_TIME = {
     "iters": 1, "padding_mode": "border", "flips": False, "mirror_average": False
 }  # fmt: skip
 CLASSIFIER_MODULE = "classifier"  # the classifier's module in reference checkpoints
+_MODEL_PATHS = (
+    "pass a training work directory, its model/ folder, a converted checkpoint directory or a "
+    "reference GANgealing checkpoint (.pt)"
+)
 
 
 def stn_input(source, flow_size: int):
@@ -161,6 +165,7 @@ def load_model(
 ) -> AlignmentModel:
     """The alignment model at `path`, with its cluster classifier when one is found (see the
     module docstring); `classifier` names one explicitly."""
+    given = os.fspath(path)  # errors name the path as the user typed it
     path = pathlib.Path(path)
     found = None  # a classifier found next to (or instead of) the model
     model_here = path.is_file() or is_bundle(path / "model") or is_bundle(path / module)
@@ -177,9 +182,10 @@ def load_model(
         model = AlignmentModel(stn, variables["stn"], test_time, str(path))
         found = found or _classifier_bundle(path.parent / CLASSIFIER_MODULE)
     elif not path.exists():
+        raise CheckpointError(f"{given}: no such model; {_MODEL_PATHS}")
+    elif path.is_dir() and not is_bundle(path) and not is_bundle(path / module):
         raise CheckpointError(
-            f"{path}: no such model; pass a training work directory, its model/ folder, or a "
-            "reference GANgealing checkpoint (.pt)"
+            f"{given}: holds no model (no model/ or {module}/ bundle); {_MODEL_PATHS}"
         )
     elif path.is_dir():  # a converted checkpoint: one bundle per module
         config, variables = load_stn(path, module=module)

@@ -26,6 +26,7 @@ from gangealing_jax.apps.model import AlignmentModel, load_model, stn_input
 from gangealing_jax.apps.pck_metric import bbox_threshold, pair_counts, visibility
 from gangealing_jax.apps.routing import route
 from gangealing_jax.data.prepared import PreparedDataset, random_pairs
+from gangealing_jax.errors import ConfigError, InputFileError, entry_point
 from gangealing_jax.training.parallel import batch_sharding, make_mesh
 
 PROTOCOLS = ("spair", "cub")
@@ -69,7 +70,7 @@ def transfer_batch(
         heads_a, heads_b = route_a.heads, route_b.heads
     elif model.test_time.get("flips"):
         if source_a.shape[1] % flow:
-            raise ValueError(
+            raise InputFileError(
                 f"flip matching needs images whose size is a multiple of flow_size {flow}; "
                 f"these are {source_a.shape[1]} px (prepare the data at a multiple)"
             )
@@ -96,12 +97,12 @@ def protocol_pairs(dataset: PreparedDataset, protocol: str, num_pairs: int, seed
     """(M, 2) (source, target) index pairs scored under `protocol`."""
     if protocol == "spair":
         if len(dataset.pairs) == 0:
-            raise ValueError(f"{dataset.path} holds no test pairs; use --protocol cub")
+            raise InputFileError(f"{dataset.path} holds no test pairs; use --protocol cub")
         return np.asarray(dataset.pairs)
     if protocol == "cub":
         one_way = random_pairs(len(dataset), num_pairs, np.random.default_rng(seed))
         return np.concatenate([one_way, one_way[:, ::-1]])  # both directions
-    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
 
 
 def thresholds(dataset: PreparedDataset, targets: np.ndarray, protocol: str) -> np.ndarray:
@@ -168,7 +169,7 @@ def evaluate_pck(
         visible.append(vis.sum(axis=1)[:count])
     correct, visible = np.concatenate(correct), np.concatenate(visible)
     if visible.sum() == 0:
-        raise ValueError(f"{dataset.path}: no keypoint is visible in both images of any pair")
+        raise InputFileError(f"{dataset.path}: no keypoint is visible in both images of any pair")
     pck = correct.sum(axis=0) / visible.sum()
     std, low, high = bootstrap(correct, visible, bootstrap_samples, seed + 1)
     keys = [f"{a:g}" for a in alphas]
@@ -181,6 +182,7 @@ def evaluate_pck(
     )
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="work directory, model bundle or .pt")

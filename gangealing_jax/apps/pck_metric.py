@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gangealing_jax.errors import InputFileError
+
 
 def pair_counts(est, gt, threshold, alphas, visible) -> np.ndarray:
     """(N, len(alphas)) float64: per pair, the visible-weighted count of correct points per alpha."""
@@ -58,7 +60,9 @@ class PCKAccumulator:
 
     def result(self) -> np.ndarray:
         if self.visible == 0:
-            raise ValueError("PCK is undefined: no keypoint was visible in both images of any pair")
+            raise InputFileError(
+                "PCK is undefined: no keypoint was visible in both images of any pair"
+            )
         return (self.correct / self.visible).astype(np.float32)
 
 

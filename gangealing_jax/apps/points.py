@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gangealing_jax.errors import ConfigError
 from gangealing_jax.losses.regularizers import total_variation_loss
 from gangealing_jax.models.stn import STN, STNOutput
 from gangealing_jax.ops.sampling import (
@@ -79,9 +80,9 @@ def choose_flips(plain: STNOutput, mirrored: STNOutput, images) -> FlipOutput:
     original image."""
     n = images.shape[0]
     if plain.flow is None:
-        raise ValueError("flip inference compares residual flows: the STN needs a flow stage")
+        raise ConfigError("flip inference compares residual flows: the STN needs a flow stage")
     if plain.image.shape[0] != n:
-        raise ValueError("flip inference needs one warp per image: pass heads= for num_heads > 1")
+        raise ConfigError("flip inference needs one warp per image: pass heads= for num_heads > 1")
     flipped = total_variation_loss(mirrored.flow, reduce_batch=False) < total_variation_loss(
         plain.flow, reduce_batch=False
     )
@@ -274,7 +275,7 @@ def match_flips(
     batch = jnp.concatenate([images_a, images_b, mirror(images_a), mirror(images_b)])
     out = _run(stn, variables, batch, None, **forward)
     if out.flow is None or out.flow.shape[0] != 4 * n:
-        raise ValueError("flip matching needs a flow stage and one warp per image")
+        raise ConfigError("flip matching needs a flow stage and one warp per image")
     tv = total_variation_loss(out.flow, reduce_batch=False).reshape(4, n)
     tv_a, tv_b, tv_af, tv_bf = tv
     pick = jnp.argmin(jnp.stack([tv_a + tv_b, tv_af + tv_b, tv_a + tv_bf, tv_af + tv_bf]), axis=0)

@@ -37,6 +37,7 @@ from gangealing_jax.apps.model import AlignmentModel, load_model, stn_input
 from gangealing_jax.apps.routing import route
 from gangealing_jax.data import image_io, sources
 from gangealing_jax.data.prepared import PreparedDataset
+from gangealing_jax.errors import ConfigError, InputFileError, entry_point
 from gangealing_jax.ops.sampling import normalize_points
 from gangealing_jax.ops.splat import normalize_splat, splat_points
 from gangealing_jax.training.metrics_log import image_grid, save_png
@@ -117,7 +118,7 @@ def edit_points(edit_rgba, resolution: int | None = None, stride: int = 1) -> Ed
     to every stride-th row and column."""
     edit = np.asarray(edit_rgba)
     if edit.ndim != 3 or edit.shape[2] != 4 or edit.shape[0] != edit.shape[1]:
-        raise ValueError(f"the edit must be a square RGBA image, got shape {edit.shape}")
+        raise InputFileError(f"the edit must be a square RGBA image, got shape {edit.shape}")
     if resolution is not None and resolution != edit.shape[0]:
         resized = Image.fromarray(edit, "RGBA").resize((resolution, resolution), Image.BILINEAR)
         edit = np.asarray(resized)
@@ -125,7 +126,7 @@ def edit_points(edit_rgba, resolution: int | None = None, stride: int = 1) -> Ed
     keep = (xs % stride == 0) & (ys % stride == 0)
     ys, xs = ys[keep], xs[keep]
     if len(xs) == 0:
-        raise ValueError("the edit has no pixel with alpha > 0: nothing to propagate")
+        raise InputFileError("the edit has no pixel with alpha > 0: nothing to propagate")
     pixels = edit[ys, xs].astype(np.float32) / 255.0
     return EditPoints(
         pixels=np.stack([xs, ys], -1).astype(np.int32),
@@ -199,7 +200,7 @@ def make_propagator(
 ) -> BatchRunner:
     """A sharded runner: propagator(images_uint8 of up to batch_size rows) -> Propagated."""
     if blend not in BLENDS:
-        raise ValueError(f"blend must be one of {sorted(BLENDS)}, got {blend!r}")
+        raise ConfigError(f"blend must be one of {sorted(BLENDS)}, got {blend!r}")
     flips = bool(model.test_time.get("flips", False)) if flips is None else flips
     normalized = normalize_points(edit.pixels.astype(np.float32), edit.resolution, edit.resolution)
     options = dict(
@@ -310,6 +311,7 @@ def input_batches(data: str, batch: int, *, size=None, pad="center", indices=Non
         yield [name for name, _ in chunk], np.stack([image for _, image in chunk])
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument

@@ -22,6 +22,7 @@ import numpy as np
 
 from gangealing_jax.apps import points as point_ops
 from gangealing_jax.apps.model import AlignmentModel, stn_input
+from gangealing_jax.errors import ConfigError
 from gangealing_jax.models.cluster_classifier import assign, flip_decisions, mirror_where
 
 
@@ -36,12 +37,12 @@ def given_heads(model: AlignmentModel, n: int, cluster) -> jnp.ndarray | None:
     heads = model.stn.config.num_heads
     if isinstance(cluster, int | np.integer):
         if heads == 1 and cluster != 0:
-            raise ValueError(f"cluster={cluster}, but the model has a single head")
+            raise ConfigError(f"cluster={cluster}, but the model has a single head")
         if not 0 <= cluster < heads:
-            raise ValueError(f"cluster={cluster}: the model has clusters 0..{heads - 1}")
+            raise ConfigError(f"cluster={cluster}: the model has clusters 0..{heads - 1}")
     elif cluster is None:
         if heads > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"the model has {heads} clusters and no cluster classifier: pass a cluster in "
                 f"0..{heads - 1}, or load the model with its classifier"
             )

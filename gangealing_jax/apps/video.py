@@ -38,6 +38,7 @@ from gangealing_jax.apps.propagate import (
     source_images,
 )
 from gangealing_jax.data import image_io, sources
+from gangealing_jax.errors import ConfigError, entry_point
 from gangealing_jax.training.metrics_log import save_png
 
 VIDEO_BACKENDS = ("imageio_ffmpeg", "av")
@@ -154,11 +155,12 @@ def frame_source(path: str, frame_step: int = 1, max_frames: int | None = None):
     """A video file's frames or a folder's images (sorted by name)."""
     if os.path.isdir(path):
         if frame_step != 1:
-            raise ValueError("--frame_step applies to video files; thin a frame folder yourself")
+            raise ConfigError("--frame_step applies to video files; thin a frame folder yourself")
         return sources.folder_source(path, max_items=max_frames)
     return sources.video_source(path, frame_step, max_frames)
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument

@@ -13,9 +13,10 @@ import argparse
 import sys
 
 from gangealing_jax.convert.convert_checkpoint import convert_checkpoint
-from gangealing_jax.convert.state_dict import CheckpointError
+from gangealing_jax.errors import entry_point
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gangealing_jax.convert", description=__doc__.split("\n")[1]
@@ -32,11 +33,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     modules = [m for m in args.modules.split(",") if m] or None
-    try:
-        written = convert_checkpoint(args.checkpoint, args.out_dir, modules, lr_mlp=args.lr_mlp)
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    written = convert_checkpoint(args.checkpoint, args.out_dir, modules, lr_mlp=args.lr_mlp)
     for module, (kind, directory) in written.items():
         print(f"{module}: {kind} -> {directory}")
     return 0

@@ -25,7 +25,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gangealing_jax.convert.state_dict import CheckpointError, conv_weight_to_hwio, read_checkpoint
+from gangealing_jax.convert.state_dict import (
+    CheckpointError,
+    check_finite,
+    conv_weight_to_hwio,
+    read_checkpoint,
+)
+from gangealing_jax.errors import ConfigError, entry_point
 from gangealing_jax.losses.perceptual import (
     LPIPS_SCALE,
     LPIPS_SHIFT,
@@ -185,7 +191,9 @@ def _last_convs(vgg: Mapping[str, dict]):
 
 def read_state_dict(path: str | os.PathLike) -> dict:
     """A torch state dict (`.pt`/`.pth`, weights only) or `.npz` with the same keys, as numpy."""
-    return read_checkpoint(path)
+    flat = read_checkpoint(path)
+    check_finite(flat, os.fspath(path))
+    return flat
 
 
 def save_perceptual_weights(weights: PerceptualWeights, path: str | os.PathLike) -> str:
@@ -211,7 +219,7 @@ def convert(
         vgg = None
     sources = [p for p in (vgg, simclr, lpips_module) if p]
     if len(sources) != 1:
-        raise SystemExit("give one trunk: --vgg, --simclr or --lpips-module")
+        raise ConfigError("give exactly one trunk: --vgg, --simclr or --lpips-module")
     heads = read_state_dict(lpips_heads) if lpips_heads else None
     weights = weights_from_state(read_state_dict(sources[0]), heads)
     written = save_perceptual_weights(weights, out)
@@ -220,6 +228,7 @@ def convert(
     return written
 
 
+@entry_point
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m gangealing_jax.convert.perceptual",

@@ -1,20 +1,20 @@
 """Reading reference checkpoints (torch `.pt` or `.npz` with the same keys) as numpy state dicts.
 
 A checkpoint is untrusted input: `.pt` files are opened with `weights_only=True`, so no arbitrary
-object is ever unpickled.
+object is ever unpickled. A file that needs more (pickled Python objects) is refused, and torch's
+own advice to retry with `weights_only=False`, which would run code from the file, is not passed on.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from collections.abc import Mapping
 
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, or does not hold what was asked for."""
+from gangealing_jax.errors import CheckpointError
 
 
 def _to_numpy(value):
@@ -44,10 +44,17 @@ def _read_torch(path: str) -> dict:
         ) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's text suggests weights_only=False: that would execute code from the file.
+        raise CheckpointError(
+            f"{path}: not a plain tensor checkpoint (it holds pickled Python objects), refused "
+            "for safety: unpickling those can run code from the file. Re-save its state dicts "
+            "as tensors only (torch.save({'g_ema': g_ema.state_dict(), ...})) where it was made"
+        ) from None
     except Exception as err:  # torch raises many types for corrupt or foreign files
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err}). "
-            "Is the file complete? Re-download or re-save it with torch.save."
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}). Is the file "
+            "complete? Re-download it, or re-save it with torch.save."
         ) from err
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict of state dicts, found {type(obj).__name__}")
@@ -102,7 +109,21 @@ def module_state(flat: Mapping[str, np.ndarray], module: str, path: str = "") ->
             f"{path or 'checkpoint'}: no '{module}' weights found (modules present: "
             f"{', '.join(found) or 'none'})"
         )
+    check_finite(state, f"{path or 'checkpoint'} ({module})")
     return state
+
+
+def check_finite(state: Mapping[str, np.ndarray], where: str) -> None:
+    """Refuses NaN or infinite weights, naming the first key that holds any (a diverged run's
+    checkpoint converts without complaint otherwise, and fails much later as a NaN loss)."""
+    for key, value in state.items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            raise CheckpointError(
+                f"{where}: key '{key}' holds {bad} non-finite values (NaN or inf); the weights "
+                "are damaged or come from a diverged run: use an earlier checkpoint"
+            )
 
 
 def take(state: Mapping[str, np.ndarray], key: str, shape=None, path: str = "") -> np.ndarray:

@@ -36,8 +36,27 @@ def _count(state, pattern: str) -> int:
     return len({m.group(1) for k in state if (m := rx.fullmatch(k))})
 
 
+def _mapping_layers(state, path: str) -> int:
+    """n_mlp: the mapping network's layers style.1 .. style.n_mlp (style.0 is its PixelNorm),
+    each with a weight and a bias. Any other style.* key means the network has layers that the
+    numbering does not explain, which is reported as such rather than as a missing key."""
+    n_mlp = 0
+    while f"style.{n_mlp + 1}.weight" in state and f"style.{n_mlp + 1}.bias" in state:
+        n_mlp += 1
+    known = {f"style.{i}.{leaf}" for i in range(1, n_mlp + 1) for leaf in ("weight", "bias")}
+    surplus = sorted(k for k in state if k.startswith("style.") and k not in known)
+    if surplus and n_mlp:
+        raise CheckpointError(
+            f"{path or 'checkpoint'}: unexpected mapping-network keys {surplus[:5]}: the other "
+            f"keys describe n_mlp={n_mlp} layers (style.1 .. style.{n_mlp}, each a weight and a "
+            "bias), so these imply a deeper mapping network than the checkpoint holds. The state "
+            "dict is damaged or edited: re-export it from the model it came from"
+        )
+    return n_mlp
+
+
 def generator_config_from_state(state, path: str = "", lr_mlp: float = 0.01) -> GeneratorConfig:
-    n_mlp = _count(state, r"style\.(\d+)\.weight")
+    n_mlp = _mapping_layers(state, path)
     if n_mlp == 0 or "input.input" not in state:
         raise CheckpointError(
             f"{path or 'checkpoint'}: not a StyleGAN2 generator state dict "
@@ -204,7 +223,13 @@ def discriminator_variables_from_state(state, path: str = ""):
             jax.random.PRNGKey(0), jnp.zeros((1, config.size, config.size, 3))
         )
     )
-    variables, _ = _fill(template, state, path, _discriminator_key)
+    variables, used = _fill(template, state, path, _discriminator_key)
+    unknown = [k for k in state if k not in used and not k.endswith("kernel")]
+    if unknown:
+        raise CheckpointError(
+            f"{path or 'checkpoint'}: unexpected discriminator keys {unknown[:5]} (a "
+            f"{config.size}px discriminator, read from convs.* and final_*, has no use for them)"
+        )
     return config, variables
 
 

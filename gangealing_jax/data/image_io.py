@@ -20,12 +20,14 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from gangealing_jax.errors import InputFileError
+
 PAD_MODES = ("center", "border", "zero", "resize_small_side", "none")
 WHITE = (255, 255, 255)
 _LANCZOS = Image.Resampling.LANCZOS
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputFileError):
     """A file that is not a readable image. `path` and `reason` are kept as attributes."""
 
     def __init__(self, path: str, reason: str):
@@ -101,13 +103,17 @@ def _as_rgb(image: Image.Image, background) -> np.ndarray:
     return np.asarray(image.convert("RGB"), np.uint8)
 
 
-def load_rgb(path: str, background=WHITE, apply_exif_orientation: bool = True) -> np.ndarray:
+def load_rgb(
+    path: str, background=WHITE, apply_exif_orientation: bool = True, max_pixels: int | None = None
+) -> np.ndarray:
     """Read `path` as (H, W, 3) uint8 RGB; raises ImageReadError for unreadable files.
 
     background: RGB colour that transparent pixels are composited over (white by default).
     apply_exif_orientation: rotate/flip as the EXIF orientation tag says (what viewers show).
     Keypoint datasets annotate the stored pixel grid, so they read with this off, as the
     reference does. Multi-frame files give their first frame.
+    max_pixels: refuse larger images from their header alone, before any pixel is decoded (a
+    9500 x 9500 PNG decodes to 270 MB of RGB, and prepare_data decodes several at once).
     """
     if not os.path.isfile(path):
         raise ImageReadError(path, "no such file")
@@ -115,10 +121,17 @@ def load_rgb(path: str, background=WHITE, apply_exif_orientation: bool = True) -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                width, height = image.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageReadError(
+                        path, f"{width}x{height} is over the limit of {max_pixels} pixels"
+                    )
                 image.load()  # decode now: truncation and corrupt data surface here
                 if apply_exif_orientation:
                     image = ImageOps.exif_transpose(image)
                 return np.ascontiguousarray(_as_rgb(image, background))
+    except ImageReadError:
+        raise
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image file PIL recognises") from None
     except Image.DecompressionBombError as err:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gangealing_jax.data import procedural
+from gangealing_jax.errors import InputFileError
 
 FORMAT_NAME = "gangealing_jax.prepared"
 FORMAT_VERSION = 1
@@ -30,7 +31,7 @@ _META_FILE = "meta.json"
 _META_KEYS = ("format", "version", "resolution", "count", "keypoint_names", "flip_permutation")
 
 
-class PreparedDatasetError(ValueError):
+class PreparedDatasetError(InputFileError):
     """A prepared-dataset directory whose files disagree with each other or with the format."""
 
 

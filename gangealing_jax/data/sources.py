@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from gangealing_jax.errors import ConfigError, InputFileError, MissingDependencyError
+
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jfif .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .tga".split()
 )
@@ -38,7 +40,7 @@ CUB_PART_NAMES = (
 CUB_BOX_PADDING = 0.05  # ACSM grows the tight box by 5% of its size on every side
 
 
-class MissingVideoBackendError(ImportError):
+class MissingVideoBackendError(MissingDependencyError):
     """imageio has no plugin that decodes this video container."""
 
 
@@ -127,7 +129,7 @@ def video_source(path: str, frame_step: int = 1, max_items: int | None = None) -
     if not os.path.isfile(path):
         raise FileNotFoundError(f"input video {path} does not exist")
     if frame_step < 1:
-        raise ValueError(f"frame_step must be >= 1, got {frame_step}")
+        raise ConfigError(f"--frame_step={frame_step}: must be >= 1 (1 keeps every frame)")
     pillow_readable = os.path.splitext(path)[1].lower() in (".gif", ".webp", ".png", ".apng")
     has_backend = any(importlib.util.find_spec(m) for m in ("imageio_ffmpeg", "av"))
     if not (pillow_readable or has_backend):
@@ -182,7 +184,7 @@ def spair_source(
     JPEGImages/<category>/. Items are source, target, source, ... and pair k is (2k, 2k + 1);
     keypoints not annotated in a pair are (0, 0, 0), as the reference stores them."""
     if category not in SPAIR_FLIP_PERMUTATIONS:
-        raise ValueError(
+        raise ConfigError(
             f"SPair category {category!r} has no left/right keypoint table; "
             f"supported: {sorted(SPAIR_FLIP_PERMUTATIONS)}"
         )
@@ -208,7 +210,7 @@ def read_acsm_split(mat_path: str) -> list[CubRecord]:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             f"reading the ACSM split {mat_path} needs scipy (`pip install scipy`); or pick "
             "another --cub_split (train, test or all) that reads CUB's own text files"
         ) from None
@@ -298,11 +300,11 @@ def cub_source(
     elif split in ("train", "test", "all"):
         records = read_cub_split(root, split)
     else:
-        raise ValueError(f"unknown CUB split {split!r}; choose acsm_val, train, test or all")
+        raise ConfigError(f"unknown CUB split {split!r}; choose acsm_val, train, test or all")
     keypoints = _cub_keypoints(root)
     missing = [r.image_id for r in records if r.image_id not in keypoints]
     if missing:
-        raise ValueError(f"parts/part_locs.txt has no keypoints for CUB images {missing[:5]}")
+        raise InputFileError(f"parts/part_locs.txt has no keypoints for CUB images {missing[:5]}")
 
     def cub_units():
         for record in records:

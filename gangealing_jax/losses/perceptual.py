@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gangealing_jax.errors import ConfigError, InputFileError, MissingWeightsError
 from gangealing_jax.models.vgg import VGG16, VGGFeatures, conv_name, stages_from_params
 
 # LPIPS v0.1 input scaling: (x - shift) / scale maps [-1, 1] images to ImageNet statistics.
@@ -53,10 +54,6 @@ _HOW_TO_CONVERT = {
         "--simclr simclr_vgg_phase150.pt --out {path}"
     ),
 }
-
-
-class MissingWeightsError(FileNotFoundError):
-    """A perceptual loss that needs converted weights was given no file, or a missing one."""
 
 
 class PerceptualWeights(NamedTuple):
@@ -257,22 +254,29 @@ def bundle_from_flat(flat: Mapping[str, np.ndarray]) -> PerceptualWeights:
     return PerceptualWeights(vgg, heads, shift.reshape(3), scale.reshape(3))
 
 
-def load_perceptual_weights(path: str | os.PathLike | None, loss_name: str) -> PerceptualWeights:
-    """Read a converted bundle for `loss_name` ('lpips' or 'vgg_ssl'), with guidance if missing."""
+def require_weights(path: str | os.PathLike | None, loss_name: str) -> str:
+    """`path` when it names an existing file; else MissingWeightsError saying how to make one."""
     guidance = _HOW_TO_CONVERT[loss_name]
     if not path:
         raise MissingWeightsError(
-            f"loss.weights is not set. {guidance.format(path='perceptual_weights.npz')}"
+            f"--config.loss.weights is not set. {guidance.format(path='perceptual_weights.npz')}"
         )
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingWeightsError(
             f"perceptual loss weights file '{path}' not found. {guidance.format(path=path)}"
         )
+    return path
+
+
+def load_perceptual_weights(path: str | os.PathLike | None, loss_name: str) -> PerceptualWeights:
+    """Read a converted bundle for `loss_name` ('lpips' or 'vgg_ssl'), with guidance if missing."""
+    path = require_weights(path, loss_name)
+    guidance = _HOW_TO_CONVERT[loss_name]
     with np.load(path, allow_pickle=False) as data:
         weights = bundle_from_flat({k: data[k] for k in data.files})
     if loss_name == "lpips" and weights.heads is None:
-        raise ValueError(f"'{path}' holds no LPIPS heads. {guidance.format(path=path)}")
+        raise InputFileError(f"'{path}' holds no LPIPS heads. {guidance.format(path=path)}")
     return weights
 
 
@@ -293,7 +297,7 @@ def get_perceptual_loss(config) -> Callable:
         return jax.tree_util.Partial(MultiscaleStructural(num_scales, standardize))
     if name not in WEIGHTED_LOSSES:
         known = ", ".join(WEIGHTED_LOSSES + WEIGHT_FREE_LOSSES)
-        raise ValueError(f"unknown perceptual loss '{name}' (known: {known})")
+        raise ConfigError(f"--config.loss.name={name}: unknown perceptual loss (known: {known})")
     weights = load_perceptual_weights(getattr(loss_config, "weights", None), name)
     distance = lpips_distance if name == "lpips" else vgg_ssl_distance
     return jax.tree_util.Partial(distance, weights)

@@ -38,6 +38,7 @@ from gangealing_jax.convert.cluster_classifier import (
 from gangealing_jax.convert.state_dict import CheckpointError
 from gangealing_jax.convert.stn import stn_config_from_dict
 from gangealing_jax.convert.stylegan2 import config_to_dict
+from gangealing_jax.errors import ConfigError, InputFileError
 from gangealing_jax.losses.gangealing import (
     Frozen,
     ObjectiveSettings,
@@ -50,6 +51,7 @@ from gangealing_jax.models.cluster_classifier import ClusterClassifier, classifi
 from gangealing_jax.models.stn import STN
 from gangealing_jax.models.stylegan2 import Generator
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
+from gangealing_jax.training.config_checks import check_classifier_args
 from gangealing_jax.training.gangealing_setup import load_frozen_generator
 from gangealing_jax.training.metrics_log import MetricsWriter, check_finite
 from gangealing_jax.training.parallel import DATA_AXIS, make_mesh, replicate, replicated
@@ -202,8 +204,8 @@ def make_train_step(generator, stn, classifier, optimizer, settings, mesh: Mesh 
     shardings = {}
     if mesh is not None:
         if settings.batch % mesh.devices.size:
-            raise ValueError(
-                f"batch {settings.batch} is not divisible by the {mesh.devices.size} devices"
+            raise ConfigError(
+                f"--batch={settings.batch} is not divisible by the {mesh.devices.size} devices"
             )
         shardings = dict(in_shardings=replicated(mesh), out_shardings=replicated(mesh))
     step = functools.partial(
@@ -294,6 +296,10 @@ def train_classifier(
     num_devices: int = 0,
 ) -> ClassifierRunResult:  # fmt: skip
     """Trains (or resumes) the classifier of the run in `run_dir`; exports workdir/classifier."""
+    check_classifier_args(
+        iters=iters, batch=batch, lr=lr, period=period, ckpt_every=ckpt_every,
+        log_every=log_every, num_devices=num_devices, device_count=jax.device_count(),
+    )  # fmt: skip
     run = load_trained_run(run_dir)
     settings = ClassifierStepSettings(
         run_objective_settings(run), batch=batch, lr=lr, period=period,
@@ -303,7 +309,10 @@ def train_classifier(
         classifier_config_for_stn(run.stn.config, settings.objective.flips)
     )
     if classifier.config.num_classes < 2:
-        raise ValueError("a single-head run without flips has nothing to classify")
+        raise InputFileError(
+            f"{run_dir}: a single-head run without flips has nothing to classify; the "
+            "classifier is for runs with num_heads > 1 or flips"
+        )
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0

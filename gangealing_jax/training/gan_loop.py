@@ -27,10 +27,12 @@ import numpy as np
 from gangealing_jax import atomic
 from gangealing_jax.convert.bundle import load_bundle, pack_bundle, save_bundle
 from gangealing_jax.convert.stylegan2 import config_to_dict
+from gangealing_jax.errors import InputFileError
 from gangealing_jax.models.discriminator import Discriminator, DiscriminatorConfig
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig, mean_latent
 from gangealing_jax.training import gan, parallel
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
+from gangealing_jax.training.config_checks import check_gan_config
 from gangealing_jax.training.metrics_log import MetricsWriter, NonFiniteLossError, check_finite
 
 MEAN_LATENT_FILE = "mean_latent.npy"
@@ -102,9 +104,10 @@ def training_images(config, workdir: pathlib.Path) -> np.ndarray:
         else:
             images = _procedural_on_disk(workdir / "data", data.size, data.seed, family)
     if images.ndim != 4 or images.shape[1:] != (res, res, 3) or images.dtype != np.uint8:
-        raise ValueError(
-            f"training images are {images.dtype}{list(images.shape)}; the model needs uint8 "
-            f"(N, {res}, {res}, 3)"
+        raise InputFileError(
+            f"--config.data.path={data.path}: its images are {images.dtype}"
+            f"{list(images.shape)}; the model needs uint8 (N, {res}, {res}, 3): prepare the "
+            f"data with --size {res} or set --config.model.resolution"
         )
     return images
 
@@ -121,7 +124,7 @@ def _procedural_on_disk(path: pathlib.Path, size: int, seed: int, family) -> np.
             and dataset.resolution == family.resolution
         ):
             return dataset.images
-        raise ValueError(
+        raise InputFileError(
             f"{path} holds another procedural set ({len(dataset)} images, seed "
             f"{meta.get('seed')}, resolution {dataset.resolution}); remove it or use another workdir"
         )
@@ -260,6 +263,7 @@ def train_gan(config, workdir: str | os.PathLike) -> GANRunResult:
     from tqdm import tqdm
 
     parallel.initialize_distributed(config.distributed or None)
+    check_gan_config(config, jax.device_count())
     workdir = pathlib.Path(workdir).absolute()
     main_process = jax.process_index() == 0
     mesh = parallel.make_mesh()

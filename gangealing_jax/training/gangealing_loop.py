@@ -23,6 +23,7 @@ from gangealing_jax.convert.stylegan2 import config_to_dict
 from gangealing_jax.data.prepared import PreparedDataset
 from gangealing_jax.losses.gangealing import gangealing_objective, resize_to_flow
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
+from gangealing_jax.training.config_checks import check_gangealing_config
 from gangealing_jax.training.gangealing_setup import RunSetup, build_run
 from gangealing_jax.training.gangealing_step import make_train_step
 from gangealing_jax.training.metrics_log import MetricsWriter, check_finite
@@ -94,8 +95,9 @@ def export_model(directory, config, setup: RunSetup, state) -> pathlib.Path:
 
 def train(config, workdir: str | os.PathLike) -> RunResult:
     workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     initialize_distributed(bool(config.get("distributed", False)) or None)
+    check_gangealing_config(config, jax.device_count())
+    workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
     if primary:
         atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))

@@ -15,6 +15,7 @@ import numpy as np
 from gangealing_jax import atomic
 from gangealing_jax.convert.state_dict import CheckpointError
 from gangealing_jax.convert.stylegan2 import load_generator
+from gangealing_jax.errors import ConfigError
 from gangealing_jax.losses.gangealing import Frozen, ObjectiveSettings
 from gangealing_jax.losses.perceptual import get_perceptual_loss
 from gangealing_jax.models.stn import STN, STNConfig
@@ -197,8 +198,9 @@ def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = No
     gconfig, gvars = load_frozen_generator(config.generator, g_key)
     generator = Generator(gconfig)
     if config.inject > gconfig.n_latent:
-        raise ValueError(
-            f"inject={config.inject} exceeds the generator's {gconfig.n_latent} layers"
+        raise ConfigError(
+            f"--config.inject={config.inject}: the generator has only {gconfig.n_latent} W+ "
+            f"layers; use at most {gconfig.n_latent}"
         )
     stn = STN(stn_config(config))
     distance = get_perceptual_loss(config)

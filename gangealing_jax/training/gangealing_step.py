@@ -19,6 +19,7 @@ import optax
 from jax import shard_map
 from jax.sharding import Mesh, PartitionSpec
 
+from gangealing_jax.errors import ConfigError
 from gangealing_jax.losses.gangealing import (
     Frozen,
     ObjectiveSettings,
@@ -222,14 +223,14 @@ def make_train_step(
     With a mesh, each micro-batch is split over its 'data' axis and everything else replicated.
     """
     if settings.batch % settings.grad_accum:
-        raise ValueError(
+        raise ConfigError(
             f"batch {settings.batch} is not divisible by grad_accum {settings.grad_accum}"
         )
     shardings = {}
     if mesh is not None:
         micro = settings.batch // settings.grad_accum
         if micro % mesh.devices.size:
-            raise ValueError(
+            raise ConfigError(
                 f"micro-batch {micro} (batch / grad_accum) is not divisible by the "
                 f"{mesh.devices.size} devices; use a multiple of {mesh.devices.size}"
             )

@@ -11,9 +11,10 @@ import numpy as np
 from PIL import Image
 
 from gangealing_jax import atomic
+from gangealing_jax.errors import GangealingError
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(GangealingError, FloatingPointError):
     """A training metric became NaN or infinite."""
 
 

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from gangealing_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 DISTRIBUTED_ENV = "GANGEALING_DISTRIBUTED"
 
@@ -60,7 +62,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_size(global_batch: int, mesh: Mesh) -> None:
     devices = mesh.devices.size
     if global_batch % devices:
-        raise ValueError(
+        raise ConfigError(
             f"batch {global_batch} is not divisible by the {devices} devices of the mesh; "
             f"use a multiple of {devices}"
         )
@@ -70,7 +72,7 @@ def process_batch_slice(global_batch: int) -> slice:
     """Rows of the global batch this host loads (all of them on one host)."""
     count, index = jax.process_count(), jax.process_index()
     if global_batch % count:
-        raise ValueError(f"batch {global_batch} is not divisible by {count} hosts")
+        raise ConfigError(f"batch {global_batch} is not divisible by {count} hosts")
     local = global_batch // count
     return slice(index * local, (index + 1) * local)
 
