@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gangealing_jax.convert import __main__ as convert_cli
-from gangealing_jax.convert.state_dict import CheckpointError
+from gangealing_jax.convert.state_dict import CheckpointError, read_checkpoint
 from gangealing_jax.convert.stylegan2 import (
     discriminator_variables_from_state,
     generator_variables_from_state,
@@ -28,19 +28,40 @@ def _cli(capsys, *argv):
     return exit_.value.code, capsys.readouterr().err
 
 
+class _WritesAFile:
+    """A pickle payload that would create a file if it were ever unpickled."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
 def test_a_pickle_with_objects_is_refused_for_safety_without_torchs_unsafe_hint(tmp_path, capsys):
     torch = pytest.importorskip("torch")
-    path = tmp_path / "with_args.pt"
-    torch.save({"g_ema": {"w": torch.ones(2)}, "args": argparse.Namespace(size=256)}, path)
+    path = tmp_path / "with_code.pt"
+    marker = tmp_path / "written_by_the_pickle"
+    torch.save({"g_ema": {"w": torch.ones(2)}, "args": _WritesAFile(marker)}, path)
     code, err = _cli(capsys, path, tmp_path / "out")
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: {path}: not a plain tensor checkpoint") and "refused" in err
     assert "for safety" in err and "weights_only" not in err
+    assert not marker.exists()
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"this is not a checkpoint")
     code, err = _cli(capsys, junk, tmp_path / "out")
     assert code == 2 and "not a readable PyTorch checkpoint" in err and "weights_only" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_reference_training_flags_beside_the_state_dicts_are_read(tmp_path):
+    """Official checkpoints also hold `args`, an argparse.Namespace: plain data, allowed."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "official_layout.pt"
+    torch.save({"g_ema": {"w": torch.ones(2)}, "args": argparse.Namespace(size=256)}, path)
+    flat = read_checkpoint(path)
+    assert list(flat) == ["g_ema/w"] and flat["g_ema/w"].tolist() == [1.0, 1.0]
 
 
 def test_a_surplus_mapping_key_names_n_mlp_not_a_missing_key():

@@ -7,6 +7,7 @@ own advice to retry with `weights_only=False`, which would run code from the fil
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import zipfile
@@ -43,7 +44,11 @@ def _read_torch(path: str) -> dict:
             "`pip install 'gangealing_jax[torch]'`, or convert the file to .npz elsewhere"
         ) from err
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # The reference saves its training flags (`args`, an argparse.Namespace) beside the state
+        # dicts. A Namespace only holds data: allowing that one class keeps official
+        # checkpoints readable without letting anything else be unpickled.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch's text suggests weights_only=False: that would execute code from the file.
         raise CheckpointError(
