@@ -26,7 +26,7 @@ from gangealing_jax.apps.points import (
 from gangealing_jax.convert.convert_checkpoint import convert_checkpoint
 from gangealing_jax.convert.state_dict import CheckpointError
 from gangealing_jax.convert.stn import load_stn, stn_variables_from_state
-from gangealing_jax.models.stn import STN, STNConfig, select_heads
+from gangealing_jax.models.stn import STN, STNConfig, select_heads, unfold_heads
 from gangealing_jax.ops.sampling import identity_grid
 from tests.golden import assert_close, golden_cases, load_fixture, nchw_to_nhwc
 from tests.tiny_models import perturbed
@@ -37,7 +37,11 @@ POINT_TOL = dict(atol=1e-3)  # pixels
 # Output names (after the '<padding_mode>/' prefix) -> what they hold. Groups: `iters` / `res`
 # select the forward call, `batch` the images it runs on.
 _PATTERNS = [
-    (r"(?:it(?P<iters>\d+)_)?(?P<field>img|grid|flow|sim|sim_matrix|sim_grid)", "forward"),
+    (
+        r"(?:it(?P<iters>\d+)_)?(?:(?P<policy>unfold|assign)_)?"
+        r"(?P<field>img|grid|flow|sim|sim_matrix|sim_grid)",
+        "forward",
+    ),
     (r"(?P<field>img|grid)_res(?P<res>\d+)", "forward"),
     (r"flip_(?P<field>img|warp|flow|inputs|indices)", "flip"),
     (r"congeal_points(?:_it(?P<iters>\d+))?", "congeal"),
@@ -56,13 +60,20 @@ _FIELDS = {
 _IMAGE_KEYS = re.compile(r"(img|sim|inputs)(_res\d+)?$")
 
 
-def _parse(name):
+def _parse(name, num_heads):
+    """-> (kind, field, iters, res, policy). policy: None (every image by every head), "unfold"
+    (the same rows as (N, K, ...)) or "assign" (each image by the argmax head of
+    in/assign_logits). A clustering STN iterates only under an assignment (the reference raises
+    otherwise), so its it<n>_ outputs are assigned ones."""
     for pattern, kind in _PATTERNS:
         if m := re.fullmatch(pattern, name):
             groups = m.groupdict()
             iters = int(groups.get("iters") or 1)
             res = int(groups["res"]) if groups.get("res") else None
-            return kind, groups.get("field"), iters, res
+            policy = groups.get("policy")
+            if policy is None and iters > 1 and num_heads > 1:
+                policy = "assign"
+            return kind, groups.get("field"), iters, res, policy
     raise AssertionError(f"no rule computes the output '{name}'")
 
 
@@ -82,14 +93,15 @@ def _stn_outputs(fx, stn, variables) -> dict:
     """Every `out/` key of an STN fixture, in one jitted program with one forward per
     (padding mode, iters, output resolution) and all image sets batched into it."""
     size = fx.inputs["img"].shape[-1]
+    num_heads = stn.config.num_heads
     requests = {}
     for key in fx.outputs:
         mode, name = key.split("/", 1)
-        kind, field, iters, res = _parse(name)
-        requests[key] = (mode, kind, field, iters, res)
-    calls = {}
-    for mode, kind, _, iters, res in requests.values():
-        sets = calls.setdefault((mode, iters, res), [])
+        kind, field, iters, res, policy = _parse(name, num_heads)
+        requests[key] = (mode, kind, field, iters, res, policy)
+    calls = {}  # (mode, iters, res, assigned) -> image sets
+    for mode, kind, _, iters, res, policy in requests.values():
+        sets = calls.setdefault((mode, iters, res, policy == "assign"), [])
         sets.extend(s for s in _batches(kind) if s not in sets)
 
     def compute(variables, arrays):
@@ -101,8 +113,12 @@ def _stn_outputs(fx, stn, variables) -> dict:
             "alpha": arrays["img"],
         }
         runs = {}
-        for (mode, iters, res), sets in calls.items():
+        for (mode, iters, res, assigned), sets in calls.items():
             batch = jnp.concatenate([image_sets[s] for s in sets])
+            heads = None
+            if assigned:
+                heads = jnp.concatenate([arrays["assign_logits"]] * len(sets))
+            rows = n if assigned else n * num_heads  # output rows per image set
             alpha = None
             if "alpha" in sets:
                 # alpha = 1 reproduces the un-lerped warp exactly (torch.lerp's w >= 0.5 branch),
@@ -117,19 +133,23 @@ def _stn_outputs(fx, stn, variables) -> dict:
                 iters=iters,
                 alpha=alpha,
                 padding_mode=mode,
+                heads=heads,
             )
             for i, s in enumerate(sets):
-                runs[(mode, iters, res, s)] = jax.tree_util.tree_map(
-                    lambda x, i=i: x[i * n : (i + 1) * n], out
+                runs[(mode, iters, res, assigned, s)] = jax.tree_util.tree_map(
+                    lambda x, i=i, rows=rows: x[i * rows : (i + 1) * rows], out
                 )
         result = {}
-        for key, (mode, kind, field, iters, res) in requests.items():
+        for key, (mode, kind, field, iters, res, policy) in requests.items():
 
-            def run(image_set, call=(mode, iters, res)):
+            def run(image_set, call=(mode, iters, res, policy == "assign")):
                 return runs[(*call, image_set)]
 
             if kind in ("forward", "alpha"):
-                result[key] = getattr(run("alpha" if kind == "alpha" else "img"), _FIELDS[field])
+                out = run("alpha" if kind == "alpha" else "img")
+                if policy == "unfold":
+                    out = unfold_heads(out, num_heads)
+                result[key] = getattr(out, _FIELDS[field])
             elif kind == "flip":
                 flip = choose_flips(run("img"), run("mirror"), arrays["img"])
                 result[key] = {
@@ -183,7 +203,8 @@ def test_stn_golden(path):
             assert_close(got, expected, name=key, **POINT_TOL)
         else:
             if _IMAGE_KEYS.search(key):
-                expected = nchw_to_nhwc(expected)
+                # NCHW, or (N, K, C, H, W) unfolded per head
+                expected = np.moveaxis(expected, -3, -1)
             assert_close(got, expected, name=key, **IMAGE_TOL)
 
 
@@ -316,6 +337,12 @@ def test_heads_cartesian_and_assigned_agree():
         np.testing.assert_allclose(getattr(one, field), getattr(every, field)[rows], atol=1e-6)
     assert iterated.image.shape == (6, 16, 16, 3)
     assert not np.allclose(iterated.matrix, every.matrix, atol=1e-4)
+    # unfold: the same rows viewed per image and head, (N, K, ...).
+    unfolded = unfold_heads(every, 2)
+    assert unfolded.image.shape == (3, 2, 16, 16, 3) and unfolded.matrix.shape == (3, 2, 2, 3)
+    np.testing.assert_array_equal(unfolded.flow[np.arange(3), heads], every.flow[rows])
+    with pytest.raises(ValueError, match="heads"):
+        unfold_heads(one, 2)
 
 
 def test_points_round_trip_within_a_pixel():

@@ -234,6 +234,23 @@ class STNOutput(NamedTuple):
     similarity_grid: jnp.ndarray | None  # (M, F, F, 2) its sampling grid
 
 
+def unfold_heads(output: STNOutput, num_heads: int) -> STNOutput:
+    """Rows n * K + k of an every-head (cartesian) output -> (N, K, ...) per field.
+
+    The reference's `unfold=True`: image (N, K, R, R, C), grid (N, K, R, R, 2), flow
+    (N, K, F, F, 2), matrix (N, K, 2, 3), and the first similarity stage's image and grid alike.
+    """
+
+    def unfold(x):
+        if x is None:
+            return None
+        if x.shape[0] % num_heads:
+            raise ValueError(f"{x.shape[0]} rows are not N * {num_heads} heads")
+        return x.reshape((x.shape[0] // num_heads, num_heads) + x.shape[1:])
+
+    return STNOutput(*(unfold(field) for field in output))
+
+
 class STN(nn.Module):
     """Spatial transformer of any stage sequence (reference SpatialTransformer / ComposedSTN)."""
 
