@@ -16,6 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.generator.checkpoint = "embedded"  # .pt/.npz checkpoint, converted bundle dir, or "embedded"
     c.generator.module = "g_ema"  # which module of the checkpoint holds the generator
     c.generator.lr_mlp = 0.01  # mapping-network lr multiplier (not stored in checkpoints)
+    # The reference's flag for generators trained with float16 top resolutions (the official
+    # bicycle and tvmonitor ones: 4). Accepted for their commands; in float32 its rescaling
+    # cancels under demodulation, so it changes no image (tests/test_fp16_resolutions.py).
+    c.generator.num_fp16_res = 0
     # Sizes of an untrained generator, used only with checkpoint="random" (smoke tests).
     c.generator.random_size = 16
     c.generator.random_style_dim = 32

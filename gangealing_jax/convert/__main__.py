@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from gangealing_jax.convert.convert_checkpoint import convert_checkpoint
-from gangealing_jax.errors import entry_point
+from gangealing_jax.errors import ConfigError, entry_point
 
 
 @entry_point
@@ -31,7 +31,17 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--lr-mlp", type=float, default=0.01, help="generator mapping lr multiplier"
     )
+    parser.add_argument(
+        "--num-fp16-res",
+        type=int,
+        default=0,
+        help="the reference's flag for generators trained with float16 top resolutions; "
+        "accepted for their checkpoints and changes nothing here: in float32 its rescaling "
+        "cancels under demodulation",
+    )
     args = parser.parse_args(argv)
+    if args.num_fp16_res < 0:
+        raise ConfigError(f"--num-fp16-res={args.num_fp16_res}: give 0 or a positive count")
     modules = [m for m in args.modules.split(",") if m] or None
     written = convert_checkpoint(args.checkpoint, args.out_dir, modules, lr_mlp=args.lr_mlp)
     for module, (kind, directory) in written.items():

@@ -105,6 +105,7 @@ def check_gangealing_config(config, device_count: int | None = None) -> None:
             ("random_channels", 16),
         ):
             c.positive_int(f"generator.{field}", example)
+    c.number("generator.num_fp16_res", low=0, integer=True, example=4)
     c.positive_int("iters", 1000)
     batch = c.positive_int("batch", 40)
     accum = c.positive_int("grad_accum", 1)
