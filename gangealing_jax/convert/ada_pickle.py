@@ -244,7 +244,7 @@ def read_network_pickle(path: str | os.PathLike):
         with open(path, "rb") as f:
             data = _Reader(f).load()
     except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
+        raise type(err)(f"{path}: {err}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError) as err:
         raise CheckpointError(
             f"{path}: not a readable network pickle ({type(err).__name__}: {err}); is the file "
