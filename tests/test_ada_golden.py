@@ -95,7 +95,9 @@ def _generator_case(arrays, meta, key, obj):
         assert_close(ws, arrays[name], atol=_tolerance(meta, name), name=name)
     for name in sorted(outputs & set(images)):
         source, mode = images[name]
-        img = gen.apply(variables, jnp.asarray(arrays[source]), mode, method=AdaGenerator.synthesize)
+        img = gen.apply(
+            variables, jnp.asarray(arrays[source]), mode, method=AdaGenerator.synthesize
+        )
         assert_close(img, _nhwc(arrays[name]), atol=_tolerance(meta, name), name=name)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gangealing_jax.convert.ada_pickle import PersistentObject, RefusedGlobal, read_network_pickle
-from gangealing_jax.convert.stylegan2_ada import load_ada_generator
+from gangealing_jax.convert.ada_snapshot import load_ada_generator
 from gangealing_jax.errors import CheckpointError
 from tests.golden import REPO_ROOT
 

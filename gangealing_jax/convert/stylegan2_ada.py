@@ -2,19 +2,18 @@
 
 Every size, gain, clamp, activation, architecture and FIR filter is read from the pickled modules
 (their attributes and tensor shapes), never assumed: a snapshot needs no flags. The pickle itself
-is read by convert/ada_pickle.py, which runs nothing from the file.
+is read by convert/ada_pickle.py, which runs nothing from the file; convert/ada_snapshot.py loads
+and converts whole snapshots.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 
 import jax
 import numpy as np
 
-from gangealing_jax.convert.ada_pickle import PersistentObject, read_network_pickle
+from gangealing_jax.convert.ada_pickle import PersistentObject
 from gangealing_jax.convert.state_dict import check_finite
 from gangealing_jax.errors import CheckpointError
 from gangealing_jax.models.ada_layers import ConvSpec, FCSpec, check_activation
@@ -31,10 +30,6 @@ from gangealing_jax.models.stylegan2_ada import (
     init_shapes,
 )
 
-ADA_GENERATOR_KIND = "ada_generator"
-ADA_DISCRIMINATOR_KIND = "ada_discriminator"
-GENERATOR_KEYS = ("G_ema", "G")  # G_ema is the generator to use
-DISCRIMINATOR_KEYS = ("D",)
 _DEF_GAIN = {"linear": 1.0, "relu": math.sqrt(2.0), "lrelu": math.sqrt(2.0)}
 
 
@@ -76,7 +71,9 @@ class _Reader:
 
     def filter(self) -> tuple:
         f = np.asarray(self.tensor("resample_filter"), np.float32)
-        if f.ndim == 1:  # NVIDIA keeps long separable filters 1-D; the same taps as an outer product
+        if (
+            f.ndim == 1
+        ):  # NVIDIA keeps long separable filters 1-D; the same taps as an outer product
             f = np.outer(f, f)
         if f.ndim != 2 or f.shape[0] != f.shape[1]:
             raise self.fail(f"has a resample filter of shape {f.shape}; expected a square one")
@@ -255,7 +252,9 @@ def discriminator_config(obj, path: str = "", where: str = "D") -> AdaDiscrimina
         c_dim=int(r.attr("c_dim")),
         img_resolution=int(r.attr("img_resolution")),
         img_channels=int(r.attr("img_channels")),
-        blocks=tuple(_discriminator_block(r.need(f"b{res}")) for res in r.attr("block_resolutions")),
+        blocks=tuple(
+            _discriminator_block(r.need(f"b{res}")) for res in r.attr("block_resolutions")
+        ),
         epilogue=_epilogue(r.need("b4")),
         mapping=_mapping(mapping) if mapping is not None else None,
     )
@@ -347,30 +346,3 @@ def discriminator_from_object(obj, path: str = "", where: str = "D"):
     side = math.isqrt(config.epilogue.fc.in_features // channels)  # the epilogue's resolution
     shape = (channels, side, side)
     return config, _fill(discriminator_init_shapes(config), state, path, where, shape)
-
-
-def _pick(snapshot: dict, keys, path: str, what: str):
-    for key in keys:
-        if isinstance(snapshot.get(key), PersistentObject):
-            return key, snapshot[key]
-    found = ", ".join(sorted(str(k) for k in snapshot)) or "none"
-    raise CheckpointError(f"{path}: no {what} ({' or '.join(keys)}) in this pickle (found: {found})")
-
-
-def load_ada_generator(path: str | os.PathLike, module: str | None = None):
-    """(AdaGeneratorConfig, variables) of `G_ema` (or `module`) in a network pickle."""
-    path = os.fspath(path)
-    snapshot = read_network_pickle(path)
-    keys = (module,) if module and module in snapshot else GENERATOR_KEYS
-    where, obj = _pick(snapshot, keys, path, "generator")
-    return generator_from_object(obj, path, where)
-
-
-def load_ada_discriminator(path: str | os.PathLike):
-    path = os.fspath(path)
-    where, obj = _pick(read_network_pickle(path), DISCRIMINATOR_KEYS, path, "discriminator")
-    return discriminator_from_object(obj, path, where)
-
-
-def config_to_dict(config) -> dict:
-    return dataclasses.asdict(config)

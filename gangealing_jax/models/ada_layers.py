@@ -206,9 +206,13 @@ class SynthesisLayer(nn.Module):
             if noise is None and noise_mode == "const":
                 noise = const.value
             elif noise is None and noise_mode == "random":
-                noise = jax.random.normal(self.make_rng("noise"), (x.shape[0],) + x.shape[1:3] + (1,))
+                noise = jax.random.normal(
+                    self.make_rng("noise"), (x.shape[0],) + x.shape[1:3] + (1,)
+                )
             elif noise is None and noise_mode != "none":
-                raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
+                raise ValueError(
+                    f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}"
+                )
             if noise is not None:
                 x = x + noise * strength  # after the conv, before bias and activation
         b = self.param("bias", nn.initializers.zeros, (s.out_channels,))

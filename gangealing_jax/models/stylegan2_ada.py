@@ -126,7 +126,9 @@ class SynthesisBlock(nn.Module):
         n = ws.shape[0]
         if s.in_channels == 0:
             const = self.param(
-                "const", nn.initializers.normal(1.0), (1, s.resolution, s.resolution, s.out_channels)
+                "const",
+                nn.initializers.normal(1.0),
+                (1, s.resolution, s.resolution, s.out_channels),
             )
             x = jnp.broadcast_to(const, (n,) + const.shape[1:])
             x = SynthesisLayer(s.conv1, name="conv1")(x, ws[:, 0], noise_mode, take_noise(s.conv1))
@@ -269,3 +271,12 @@ def spec_from_dict(cls, d: dict, nested=None):
 
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: value(k, v) for k, v in d.items() if k in names})
+
+
+def make_generator(config):
+    """The generator module for a config: AdaGenerator or models/stylegan2.Generator."""
+    if isinstance(config, AdaGeneratorConfig):
+        return AdaGenerator(config)
+    from gangealing_jax.models.stylegan2 import Generator
+
+    return Generator(config)
