@@ -30,7 +30,7 @@ def mapped_chunks(
     """Yields w = G.map(z) for `num_samples` Gaussian z, `chunk` rows at a time (last one shorter)."""
     dim = generator.config.style_dim
     mapping = jax.jit(
-        lambda v, k: generator.apply(v, jax.random.normal(k, (chunk, dim)), method=Generator.map)
+        lambda v, k: generator.apply(v, jax.random.normal(k, (chunk, dim)), method="map")
     )
     for i, start in enumerate(range(0, num_samples, chunk)):
         w = mapping(variables, jax.random.fold_in(key, i))
@@ -70,7 +70,7 @@ def kmeans_plusplus(
     @jax.jit
     def render(w, k):
         w_plus = style_mix(w, jnp.broadcast_to(mean_w, w.shape), inject_index, n_latent)
-        return generator.apply(variables, w_plus, rngs={"noise": k}, method=Generator.synthesize)
+        return generator.apply(variables, w_plus, rngs={"noise": k}, method="synthesize")
 
     starts = range(0, num_samples, batch)
     images = [render(w_all[s : s + batch], jax.random.fold_in(noise_key, s)) for s in starts]
