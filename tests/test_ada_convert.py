@@ -14,7 +14,8 @@ from gangealing_jax.convert.bundle import bundle_kind
 from gangealing_jax.convert.stylegan2 import load_generator
 from gangealing_jax.errors import ConfigError
 from gangealing_jax.models.stylegan2_ada import AdaGenerator, AdaGeneratorConfig, make_generator
-from gangealing_jax.training.gangealing_setup import check_trainable_generator
+from gangealing_jax.training.gangealing_setup import check_trainable_generator, tracked_mean_w
+from gangealing_jax.training.latent_init import init_congealing
 from tests.golden import REPO_ROOT
 
 PKL = REPO_ROOT.parent / "shared" / "golden_ada" / "ada_generator.pkl"
@@ -88,3 +89,20 @@ def test_training_refuses_what_gangealing_cannot_drive(loaded):
     for change in ({"c_dim": 4}, {"z_dim": config.w_dim + 1}, {"img_channels": 1}):
         with pytest.raises(ConfigError, match="x.pkl"):
             check_trainable_generator(dataclasses.replace(config, **change), "x.pkl")
+
+
+def test_congealing_starts_from_w_avg(loaded):
+    config, variables = loaded
+    w_avg = tracked_mean_w(config, variables)
+    np.testing.assert_array_equal(w_avg, variables["buffers"]["w_avg"])
+    init = init_congealing(
+        make_generator(config), variables, jax.random.PRNGKey(0), ndirs=2, num_heads=1,
+        num_pca_samples=256, mean_w=w_avg,
+    )  # fmt: skip
+    np.testing.assert_array_equal(init.lat_mean, w_avg[None])
+    plain = init_congealing(
+        make_generator(config), variables, jax.random.PRNGKey(0), ndirs=2, num_heads=1,
+        num_pca_samples=256,
+    )  # fmt: skip
+    assert np.abs(plain.lat_mean - w_avg).max() > 1e-3  # the sample mean is another point
+    np.testing.assert_allclose(np.abs(plain.directions), np.abs(init.directions), atol=1e-6)

@@ -90,6 +90,13 @@ def check_trainable_generator(gconfig, checkpoint) -> None:
         )
 
 
+def tracked_mean_w(gconfig, gvars):
+    """NVIDIA generators' w_avg (their truncation centre), None for the others."""
+    if isinstance(gconfig, AdaGeneratorConfig):
+        return np.asarray(gvars["buffers"]["w_avg"])
+    return None
+
+
 def stn_config(config) -> STNConfig:
     channels = tuple(tuple(pair) for pair in config.stn.channels)
     return STNConfig(
@@ -235,6 +242,7 @@ def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = No
             exact_pca_fit=config.pca_exact,
             distance=distance,
             inject_index=config.inject,
+            mean_w=tracked_mean_w(gconfig, gvars),
         )
         directions, lat_mean, coefficients = init.directions, init.lat_mean, init.coefficients
         if congealing_cache is not None and jax.process_index() == 0:

@@ -99,10 +99,17 @@ def init_congealing(
     distance=None,
     inject_index: int = 5,
     num_kmeans_samples: int = 50_000,
+    mean_w: np.ndarray | None = None,
 ) -> CongealingInit:
-    """PCA buffers and initial coefficients (zeros, or k-means++ centres projected on the basis)."""
+    """PCA buffers and initial coefficients (zeros, or k-means++ centres projected on the basis).
+
+    `mean_w` (D,): the centre of the congealing vector and of truncation, when the generator
+    tracks its own mean w (NVIDIA's w_avg); otherwise the sample mean of the PCA.
+    """
     pca_key, kmeans_key = jax.random.split(key)
     basis = wspace_pca(generator, variables, pca_key, ndirs, num_pca_samples, exact_pca_fit)
+    if mean_w is not None:
+        basis = basis._replace(mean=np.asarray(mean_w, np.float64).reshape(-1))
     coefficients = np.zeros((num_heads, ndirs), np.float32)
     if num_heads > 1:
         if distance is None:
