@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from gangealing_jax.convert.__main__ import main as convert_main
+from gangealing_jax.convert.ada_snapshot import load_ada_discriminator
 from gangealing_jax.convert.bundle import bundle_kind
 from gangealing_jax.convert.stylegan2 import load_generator
 from gangealing_jax.errors import ConfigError
+from gangealing_jax.models.discriminator_ada import AdaDiscriminator
 from gangealing_jax.models.stylegan2_ada import AdaGenerator, AdaGeneratorConfig, make_generator
 from gangealing_jax.training.gangealing_setup import check_trainable_generator, tracked_mean_w
 from gangealing_jax.training.latent_init import init_congealing
@@ -43,6 +45,13 @@ def test_convert_writes_bundles_that_load_as_the_pickle(tmp_path, loaded, capsys
     assert config == loaded[0]
     np.testing.assert_array_equal(
         _images(config, variables, noise_mode="const"), _images(*loaded, noise_mode="const")
+    )
+    d_config, d_vars = load_ada_discriminator(tmp_path / "out")
+    assert d_config == load_ada_discriminator(PKL)[0]
+    images = _images(config, variables, noise_mode="const")
+    np.testing.assert_array_equal(
+        AdaDiscriminator(d_config).apply(d_vars, images),
+        AdaDiscriminator(d_config).apply(load_ada_discriminator(PKL)[1], images),
     )
 
 

@@ -220,6 +220,10 @@ class _Reader(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"): _numpy_scalar,  # numpy 1 pickles
         ("numpy", "dtype"): _numpy_dtype,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        (
+            "torch._utils",
+            "_rebuild_parameter_with_state",
+        ): _rebuild_parameter,  # extra state dropped
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
         ("torch.storage", "_load_from_bytes"): _load_storage_bytes,
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,

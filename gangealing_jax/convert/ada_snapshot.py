@@ -10,9 +10,10 @@ import dataclasses
 import os
 
 from gangealing_jax.convert.ada_pickle import PersistentObject, read_network_pickle
-from gangealing_jax.convert.bundle import save_bundle
+from gangealing_jax.convert.bundle import is_bundle, load_bundle, save_bundle
 from gangealing_jax.convert.stylegan2_ada import discriminator_from_object, generator_from_object
 from gangealing_jax.errors import CheckpointError
+from gangealing_jax.models.discriminator_ada import discriminator_config_from_dict
 from gangealing_jax.models.stylegan2_ada import AdaGeneratorConfig, spec_from_dict
 
 ADA_GENERATOR_KIND = "ada_generator"
@@ -43,7 +44,14 @@ def load_ada_generator(path: str | os.PathLike, module: str | None = None):
 
 
 def load_ada_discriminator(path: str | os.PathLike):
+    """(AdaDiscriminatorConfig, variables) of `D` in a network pickle, or of a converted bundle
+    (the directory `convert` wrote, or its `d` bundle)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        if not is_bundle(path):
+            path = os.path.join(path, SNAPSHOT_MODULES["D"])
+        config, variables = load_bundle(path, kind=ADA_DISCRIMINATOR_KIND)
+        return discriminator_config_from_dict(config), variables
     where, obj = _pick(read_network_pickle(path), DISCRIMINATOR_KEYS, path, "discriminator")
     return discriminator_from_object(obj, path, where)
 

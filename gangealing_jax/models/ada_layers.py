@@ -30,6 +30,7 @@ from gangealing_jax.ops.conv import conv2d, conv_transpose2d_stride2
 from gangealing_jax.ops.upfirdn2d import upfirdn2d
 
 Filter = tuple[tuple[float, ...], ...]  # (fh, fw) FIR taps, as stored
+_HIGHEST = jax.lax.Precision.HIGHEST  # parity with NVIDIA's float32 needs full-precision matmuls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +143,7 @@ class FullyConnected(nn.Module):
     def __call__(self, x):
         s = self.spec
         weight = self.param("weight", nn.initializers.normal(1.0), (s.in_features, s.out_features))
-        x = jnp.dot(x, weight * s.weight_gain, precision=jax.lax.Precision.HIGHEST)
+        x = jnp.dot(x, weight * s.weight_gain, precision=_HIGHEST)
         b = None
         if s.bias:
             b = self.param("bias", nn.initializers.zeros, (s.out_features,)) * s.bias_gain
@@ -173,7 +174,9 @@ def _modulated(x, weight, styles, spec: ConvSpec, demodulate: bool):
     x = x * styles[:, None, None, :]
     out = conv2d_resample(x, weight, spec.resample_filter, spec.up, 1, spec.padding)
     if demodulate:
-        sq = jnp.einsum("hwio,ni->no", jnp.square(weight), jnp.square(styles))  # (N, Cout)
+        sq = jnp.einsum(
+            "hwio,ni->no", jnp.square(weight), jnp.square(styles), precision=_HIGHEST
+        )  # (N, Cout)
         out = out * jax.lax.rsqrt(sq + 1e-8)[:, None, None, :]
     return out
 
