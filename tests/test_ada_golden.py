@@ -75,7 +75,7 @@ def _generator_case(arrays, meta, key, obj):
     gen = AdaGenerator(config)
     z = jnp.asarray(arrays["in/z"])
     c = jnp.asarray(arrays["in/c"]) if config.c_dim else None
-    cutoff = meta["truncation_cutoff"]
+    cutoff = meta.get("truncation_cutoff")
     mapped = {
         "out/w": (1.0, None),
         "out/w_trunc07": (0.7, None),

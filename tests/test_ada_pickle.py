@@ -157,3 +157,13 @@ def test_damaged_pickle_is_one_error(tmp_path):
     path.write_bytes(FIXTURE.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match=str(path)):
         read_network_pickle(pathlib.Path(path))
+
+
+def test_storage_cut_short_is_one_error(tmp_path):
+    blob = _first_storage_blob()
+    for cut in (len(blob) - 4, len(blob) - 2052, 40):
+        storage = b"ctorch.storage\n_load_from_bytes\n" + _body(blob[:cut]) + b"\x85R."
+        path = tmp_path / f"cut{cut}.pkl"
+        path.write_bytes(b"\x80\x03" + storage)
+        with pytest.raises(CheckpointError, match=str(path)):
+            read_network_pickle(path)

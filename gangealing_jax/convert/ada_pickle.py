@@ -249,7 +249,16 @@ def read_network_pickle(path: str | os.PathLike):
             data = _Reader(f).load()
     except CheckpointError as err:
         raise type(err)(f"{path}: {err}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError) as err:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        struct.error,
+    ) as err:
         raise CheckpointError(
             f"{path}: not a readable network pickle ({type(err).__name__}: {err}); is the file "
             "complete?"
