@@ -115,3 +115,15 @@ def test_congealing_starts_from_w_avg(loaded):
     )  # fmt: skip
     assert np.abs(plain.lat_mean - w_avg).max() > 1e-3  # the sample mean is another point
     np.testing.assert_allclose(np.abs(plain.directions), np.abs(init.directions), atol=1e-6)
+
+
+def test_random_noise_comes_from_the_key(loaded):
+    config, variables = loaded
+
+    def draw(seed):
+        return _images(config, variables, noise_mode="random", rngs={"noise": jax.random.key(seed)})
+
+    first = draw(0)
+    np.testing.assert_array_equal(first, draw(0))
+    assert np.abs(first - draw(1)).max() > 1e-3
+    assert np.abs(first - _images(config, variables, noise_mode="const")).max() > 1e-3

@@ -8,6 +8,14 @@ Usage (convert/stylegan2_ada.py builds config and variables from a network pickl
 `map` / `synthesize` / `noise_shapes()` / `n_latent` / `style_dim` mirror models/stylegan2.Generator,
 so the rest of the package can drive either. Noise: "const" (the stored noise_const buffers),
 "none", or "random" (the `noise` RNG stream).
+
+Beyond the layers (ada_layers), ADA differs from rosinality's generator in the mapping (z_dim may
+differ from w_dim, an optional label embedding is normalised and concatenated, the tracked w_avg is
+the truncation centre), in the synthesis ('resnet' and 'orig' architectures besides 'skip'; a
+block's ToRGB shares a w row with the next block's first conv) and in its noise (one stored
+(R, R) buffer per layer). NVIDIA runs blocks at or above `fp16_resolution` in float16 on GPUs;
+here every block runs in float32, which is NVIDIA's `force_fp32=True`: the fp16-only input
+normalisation of its modulated conv is skipped, and conv_clamp applies all the same.
 """
 
 from __future__ import annotations
