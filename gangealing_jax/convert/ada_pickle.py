@@ -82,9 +82,6 @@ class PersistentObject:
         found = self.params.get(name, self.buffers.get(name))
         return None if found is None else np.asarray(found)
 
-    def get(self, name: str, default=None):
-        return self.state.get(name, default)
-
 
 @dataclasses.dataclass
 class _StorageRef:
