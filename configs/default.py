@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The frozen generator.
     c.generator = ml_collections.ConfigDict()
-    c.generator.checkpoint = "embedded"  # .pt/.npz checkpoint, converted bundle dir, or "embedded"
+    c.generator.checkpoint = "embedded"  # .pt/.npz/.pkl (NVIDIA) checkpoint, bundle dir, "embedded"
     c.generator.module = "g_ema"  # which module of the checkpoint holds the generator
     c.generator.lr_mlp = 0.01  # mapping-network lr multiplier (not stored in checkpoints)
     # The reference's flag for generators trained with float16 top resolutions (the official

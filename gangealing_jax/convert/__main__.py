@@ -4,6 +4,7 @@
 
 Writes one bundle per module found (`OUT_DIR/g_ema`, `OUT_DIR/t_ema`, `OUT_DIR/classifier`, ...),
 each loadable with `load_generator(OUT_DIR)`, `load_stn(OUT_DIR)`, `load_classifier(OUT_DIR)`;
+an NVIDIA stylegan2-ada-pytorch snapshot (`.pkl`) gives `OUT_DIR/g_ema`, `OUT_DIR/g`, `OUT_DIR/d`;
 `apps.model.load_model(OUT_DIR)` loads the STN with its cluster classifier.
 """
 
@@ -21,7 +22,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m gangealing_jax.convert", description=__doc__.split("\n")[1]
     )
-    parser.add_argument("checkpoint", help="reference checkpoint (.pt, or .npz with the same keys)")
+    parser.add_argument(
+        "checkpoint",
+        help="reference checkpoint (.pt, .npz with the same keys, or an NVIDIA network pickle .pkl)",
+    )
     parser.add_argument("out_dir", help="output directory for the converted bundles")
     parser.add_argument(
         "--modules",

@@ -6,6 +6,8 @@ import importlib
 import os
 import pathlib
 
+from gangealing_jax.convert.ada_pickle import is_network_pickle
+from gangealing_jax.convert.ada_snapshot import convert_network_pickle
 from gangealing_jax.convert.bundle import save_bundle
 from gangealing_jax.convert.state_dict import CheckpointError, module_state, read_checkpoint
 from gangealing_jax.convert.stylegan2 import (
@@ -42,6 +44,8 @@ def _convert_classifier(flat, state, path):
 def convert_checkpoint(path, out_dir, modules=None, lr_mlp: float = 0.01) -> dict:
     """Convert `modules` (default: all known ones present) -> {module: (kind, bundle dir)}."""
     path = os.fspath(path)
+    if is_network_pickle(path):  # NVIDIA stylegan2-ada-pytorch snapshot
+        return convert_network_pickle(path, out_dir, modules)
     flat = read_checkpoint(path)
     present = sorted({k.split("/", 1)[0] for k in flat if "/" in k})
     known = GENERATOR_MODULES + DISCRIMINATOR_MODULES + STN_MODULES + CLASSIFIER_MODULES

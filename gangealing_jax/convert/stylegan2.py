@@ -14,7 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gangealing_jax.convert.bundle import is_bundle, is_packed_bundle, load_bundle, unpack_bundle
+from gangealing_jax.convert import ada_snapshot
+from gangealing_jax.convert.ada_pickle import is_network_pickle
+from gangealing_jax.convert.bundle import (
+    bundle_kind,
+    is_bundle,
+    is_packed_bundle,
+    load_bundle,
+    unpack_bundle,
+)
 from gangealing_jax.convert.state_dict import (
     CheckpointError,
     conv_layer_key,
@@ -238,8 +246,15 @@ def discriminator_variables_from_state(state, path: str = ""):
 
 def load_generator(path: str | os.PathLike, module: str = "g_ema", lr_mlp: float = 0.01):
     """(GeneratorConfig, variables) from a `.pt`/`.npz` checkpoint, a converted bundle dir or a
-    packed bundle (`.npz` written by `pack_bundle`)."""
+    packed bundle (`.npz` written by `pack_bundle`).
+
+    An NVIDIA network pickle (`.pkl`) or its converted bundle gives (AdaGeneratorConfig,
+    variables) instead (models/stylegan2_ada.make_generator builds the module for either);
+    `lr_mlp` is then read from the pickle.
+    """
     path = os.fspath(path)
+    if is_network_pickle(path):
+        return ada_snapshot.load_ada_generator(path, module)
     if is_packed_bundle(path):
         config, variables, _ = unpack_bundle(path, kind="generator")
         return generator_config_from_dict(config), variables
@@ -247,6 +262,9 @@ def load_generator(path: str | os.PathLike, module: str = "g_ema", lr_mlp: float
         if not is_bundle(path):
             # A converted checkpoint directory holds one bundle per module.
             path = os.path.join(path, module)
+        if bundle_kind(path) == ada_snapshot.ADA_GENERATOR_KIND:
+            config, variables = load_bundle(path, kind=ada_snapshot.ADA_GENERATOR_KIND)
+            return ada_snapshot.generator_config_from_dict(config), variables
         config, variables = load_bundle(path, kind="generator")
         return generator_config_from_dict(config), variables
     state = module_state(read_checkpoint(path), module, path)

@@ -140,10 +140,10 @@ def gangealing_objective(
 
     def synthesize(w_plus, noises):
         return generator.apply(
-            frozen.generator, w_plus, noise_mode="const", noises=noises, method=Generator.synthesize
+            frozen.generator, w_plus, noise_mode="const", noises=noises, method="synthesize"
         )
 
-    w = jax.lax.stop_gradient(generator.apply(frozen.generator, z, method=Generator.map))
+    w = jax.lax.stop_gradient(generator.apply(frozen.generator, z, method="map"))
     unaligned = jax.lax.stop_gradient(synthesize(broadcast_w(w, gcfg.n_latent), noise_in))
     plain = unaligned
     if augment is not None:

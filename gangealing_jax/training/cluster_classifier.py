@@ -50,6 +50,7 @@ from gangealing_jax.losses.perceptual import get_perceptual_loss
 from gangealing_jax.models.cluster_classifier import ClusterClassifier, classifier_config_for_stn
 from gangealing_jax.models.stn import STN
 from gangealing_jax.models.stylegan2 import Generator
+from gangealing_jax.models.stylegan2_ada import make_generator
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
 from gangealing_jax.training.config_checks import check_classifier_args
 from gangealing_jax.training.gangealing_setup import load_frozen_generator
@@ -254,7 +255,7 @@ def load_trained_run(run_dir: str | os.PathLike) -> TrainedRun:
         jnp.asarray(congealing["coefficients"]),
     )
     return TrainedRun(
-        config, Generator(gconfig), stn, teacher, get_perceptual_loss(config), model_dir
+        config, make_generator(gconfig), stn, teacher, get_perceptual_loss(config), model_dir
     )
 
 

@@ -20,6 +20,7 @@ from gangealing_jax.losses.gangealing import Frozen, ObjectiveSettings
 from gangealing_jax.losses.perceptual import get_perceptual_loss
 from gangealing_jax.models.stn import STN, STNConfig
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
+from gangealing_jax.models.stylegan2_ada import AdaGeneratorConfig, make_generator
 from gangealing_jax.training.augment import PoseAugmentation
 from gangealing_jax.training.gangealing_step import (
     OptimizerSettings,
@@ -75,6 +76,25 @@ def load_frozen_generator(gcfg, key: jax.Array):
             )
         source = str(EMBEDDED_GENERATOR)
     return load_generator(source, module=gcfg.module, lr_mlp=gcfg.lr_mlp)
+
+
+def check_trainable_generator(gconfig, checkpoint) -> None:
+    """GANgealing samples z with w's size and gives G no label: refuse what needs more."""
+    if isinstance(gconfig, AdaGeneratorConfig) and (
+        gconfig.c_dim or gconfig.z_dim != gconfig.w_dim or gconfig.img_channels != 3
+    ):
+        raise ConfigError(
+            f"--config.generator.checkpoint={checkpoint}: GANgealing needs an unconditional RGB "
+            f"generator with z_dim == w_dim; this one has c_dim {gconfig.c_dim}, z_dim "
+            f"{gconfig.z_dim}, w_dim {gconfig.w_dim}, {gconfig.img_channels} image channels"
+        )
+
+
+def tracked_mean_w(gconfig, gvars):
+    """NVIDIA generators' w_avg (their truncation centre), None for the others."""
+    if isinstance(gconfig, AdaGeneratorConfig):
+        return np.asarray(gvars["buffers"]["w_avg"])
+    return None
 
 
 def stn_config(config) -> STNConfig:
@@ -196,7 +216,8 @@ def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = No
     resumed run reuses them instead of recomputing."""
     g_key, stn_key, pca_key, run_key = jax.random.split(key, 4)
     gconfig, gvars = load_frozen_generator(config.generator, g_key)
-    generator = Generator(gconfig)
+    generator = make_generator(gconfig)
+    check_trainable_generator(gconfig, config.generator.checkpoint)
     if config.inject > gconfig.n_latent:
         raise ConfigError(
             f"--config.inject={config.inject}: the generator has only {gconfig.n_latent} W+ "
@@ -221,6 +242,7 @@ def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = No
             exact_pca_fit=config.pca_exact,
             distance=distance,
             inject_index=config.inject,
+            mean_w=tracked_mean_w(gconfig, gvars),
         )
         directions, lat_mean, coefficients = init.directions, init.lat_mean, init.coefficients
         if congealing_cache is not None and jax.process_index() == 0:

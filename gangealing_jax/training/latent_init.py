@@ -30,7 +30,7 @@ def mapped_chunks(
     """Yields w = G.map(z) for `num_samples` Gaussian z, `chunk` rows at a time (last one shorter)."""
     dim = generator.config.style_dim
     mapping = jax.jit(
-        lambda v, k: generator.apply(v, jax.random.normal(k, (chunk, dim)), method=Generator.map)
+        lambda v, k: generator.apply(v, jax.random.normal(k, (chunk, dim)), method="map")
     )
     for i, start in enumerate(range(0, num_samples, chunk)):
         w = mapping(variables, jax.random.fold_in(key, i))
@@ -70,7 +70,7 @@ def kmeans_plusplus(
     @jax.jit
     def render(w, k):
         w_plus = style_mix(w, jnp.broadcast_to(mean_w, w.shape), inject_index, n_latent)
-        return generator.apply(variables, w_plus, rngs={"noise": k}, method=Generator.synthesize)
+        return generator.apply(variables, w_plus, rngs={"noise": k}, method="synthesize")
 
     starts = range(0, num_samples, batch)
     images = [render(w_all[s : s + batch], jax.random.fold_in(noise_key, s)) for s in starts]
@@ -99,10 +99,17 @@ def init_congealing(
     distance=None,
     inject_index: int = 5,
     num_kmeans_samples: int = 50_000,
+    mean_w: np.ndarray | None = None,
 ) -> CongealingInit:
-    """PCA buffers and initial coefficients (zeros, or k-means++ centres projected on the basis)."""
+    """PCA buffers and initial coefficients (zeros, or k-means++ centres projected on the basis).
+
+    `mean_w` (D,): the centre of the congealing vector and of truncation, when the generator
+    tracks its own mean w (NVIDIA's w_avg); otherwise the sample mean of the PCA.
+    """
     pca_key, kmeans_key = jax.random.split(key)
     basis = wspace_pca(generator, variables, pca_key, ndirs, num_pca_samples, exact_pca_fit)
+    if mean_w is not None:
+        basis = basis._replace(mean=np.asarray(mean_w, np.float64).reshape(-1))
     coefficients = np.zeros((num_heads, ndirs), np.float32)
     if num_heads > 1:
         if distance is None:
