@@ -121,15 +121,16 @@ def _assert_all_close(ours, theirs, label, atol):
 # ---- grid_sample ----------------------------------------------------------------------------
 
 
-def _grid_sample_both(image, grid, cotangent, mode):
-    """(value, d/d image, d/d grid) from ours and from torch, both in NCHW / NHW2."""
+def _ours_and_torch(ours_fn, torch_fn, image, grid, cotangent):
+    """(value, d/d image, d/d grid) of ours (NHWC) and of the torch oracle (NCHW), both returned
+    in NCHW / NHW2, for the loss sum(warp(image, grid) * cotangent)."""
     image_t = torch.tensor(image, requires_grad=True)
     grid_t = torch.tensor(grid, requires_grad=True)
-    out_t = F.grid_sample(image_t, grid_t, padding_mode=mode, align_corners=False)
+    out_t = torch_fn(image_t, grid_t)
     (out_t * torch.tensor(cotangent)).sum().backward()
 
     def total(x, g):
-        out = grid_sample(x, g, mode)
+        out = ours_fn(x, g)
         return jnp.sum(out * _nhwc(cotangent)), out
 
     (_, out), (grad_x, grad_g) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
@@ -138,6 +139,16 @@ def _grid_sample_both(image, grid, cotangent, mode):
     ours = (_nchw(out), _nchw(grad_x), np.asarray(grad_g))
     theirs = (out_t.detach().numpy(), image_t.grad.numpy(), grid_t.grad.numpy())
     return ours, theirs
+
+
+def _grid_sample_both(image, grid, cotangent, mode):
+    return _ours_and_torch(
+        lambda x, g: grid_sample(x, g, mode),
+        lambda x, g: F.grid_sample(x, g, padding_mode=mode, align_corners=False),
+        image,
+        grid,
+        cotangent,
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -171,21 +182,13 @@ def test_grid_sample_gradient_on_the_border_and_at_pixel_centres(mode):
 
 
 def _mipmap_both(image, grid, cotangent, mode):
-    grid_t = torch.tensor(grid, requires_grad=True)
-    image_t = torch.tensor(image, requires_grad=True)
-    out_t = _torch_mipmap(image_t, grid_t, mode)
-    (out_t * torch.tensor(cotangent)).sum().backward()
-
-    def total(x, g):
-        out = mipmap_warp(x, g, mode, MAX_LEVELS).image
-        return jnp.sum(out * _nhwc(cotangent)), out
-
-    (_, out), (grad_x, grad_g) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
-        jnp.asarray(_nhwc(image)), jnp.asarray(grid)
+    return _ours_and_torch(
+        lambda x, g: mipmap_warp(x, g, mode, MAX_LEVELS).image,
+        lambda x, g: _torch_mipmap(x, g, mode),
+        image,
+        grid,
+        cotangent,
     )
-    ours = (_nchw(out), _nchw(grad_x), np.asarray(grad_g))
-    theirs = (out_t.detach().numpy(), image_t.grad.numpy(), grid_t.grad.numpy())
-    return ours, theirs
 
 
 @pytest.mark.parametrize("mode", MODES)
