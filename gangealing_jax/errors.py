@@ -19,6 +19,7 @@ import os
 import sys
 
 EXIT_CODE = 2  # the status of every expected error (argparse uses 2 for a bad flag, too)
+INTERRUPTED_CODE = 130  # the shell's status for a process ended by SIGINT
 DEBUG_ENV = "GANGEALING_DEBUG"
 
 
@@ -79,5 +80,12 @@ def entry_point(main):
             if _debug_requested():
                 raise
             raise SystemExit(report(err)) from None
+        except KeyboardInterrupt:
+            # Ctrl-C outside a training loop's own handler (during setup, an export, an app):
+            # nothing half-written is kept (every write is atomic), so one line is enough.
+            if _debug_requested():
+                raise
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(INTERRUPTED_CODE) from None
 
     return wrapped

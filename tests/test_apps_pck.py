@@ -62,10 +62,12 @@ def test_sharded_evaluation_equals_one_device(dataset, model_dir):
 def test_flip_matching_runs_and_keeps_counts(dataset, model_dir):
     model = load_model(model_dir)
     flips = model._replace(test_time=dict(model.test_time, flips=True))
-    plain = pck.evaluate_pck(model, dataset, alphas=(0.1,), batch_size=8)
-    mirrored = pck.evaluate_pck(flips, dataset, alphas=(0.1,), batch_size=8)
-    assert mirrored.pairs == plain.pairs
-    assert 0.0 <= mirrored.pck["0.1"] <= 1.0
+    plain = pck.evaluate_pck(model, dataset, alphas=(0.1, 0.05), batch_size=8)
+    mirrored = pck.evaluate_pck(flips, dataset, alphas=(0.1, 0.05), batch_size=8)
+    assert mirrored.pairs == plain.pairs and mirrored.keypoints == plain.keypoints
+    # The untrained STN's residual flow is exactly zero for every image and mirror, so all four
+    # pairings tie and the first (neither mirrored) is kept: the same score to the last digit.
+    assert mirrored.pck == plain.pck
 
 
 def test_cli_writes_the_report(dataset, model_dir, tmp_path, capsys):

@@ -182,3 +182,16 @@ def test_gan_config_checks(fields, message):
     with pytest.raises(errors.ConfigError) as info:
         check_gan_config(_with(gan_test_config.get_config(), **fields), 1)
     assert str(info.value).startswith(message)
+
+
+def test_ctrl_c_outside_a_training_loop_is_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("GANGEALING_DEBUG", raising=False)
+
+    @errors.entry_point
+    def main():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == errors.INTERRUPTED_CODE == 130
+    assert capsys.readouterr().err == "interrupted\n"

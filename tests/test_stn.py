@@ -22,7 +22,6 @@ from gangealing_jax.models.stn import STN, STNConfig, select_heads, unfold_heads
 from gangealing_jax.ops.sampling import identity_grid
 from tests.tiny_models import perturbed
 
-
 _TINY_CHANNELS = {1: 8, 2: 8, 4: 8, 8: 8, 16: 8}
 
 
@@ -124,14 +123,21 @@ def test_points_round_trip_within_a_pixel():
         back_sim = uncongeal_points(
             stn_sim, variables_sim, images, congealed, normalize_input_points=True
         )
-        scale = similarity_scale(stn_sim.apply(variables_sim, images).matrix)
-        return back, congealed, back_sim, scale
+        matrix = stn_sim.apply(variables_sim, images).matrix
+        return back, congealed, back_sim, similarity_scale(matrix), matrix
 
-    back, congealed, back_sim, scale = run(variables, variables_sim, _images(2, 16, seed=4))
+    back, congealed, back_sim, scale, matrix = run(variables, variables_sim, _images(2, 16, seed=4))
     assert float(jnp.max(jnp.linalg.norm(back - points, axis=-1))) < 1.0
     assert not np.allclose(congealed, points, atol=0.1)
     np.testing.assert_allclose(back_sim, points, atol=1e-3)
-    assert np.all(np.asarray(scale) > 0)
+    # A similarity's zoom is the length of either column of its linear part.
+    np.testing.assert_allclose(
+        scale, np.linalg.norm(np.asarray(matrix)[:, :, 0], axis=1), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        scale, np.linalg.norm(np.asarray(matrix)[:, :, 1], axis=1), rtol=1e-5
+    )
+    assert not np.allclose(scale, 1.0, atol=1e-3)
 
 
 def test_flip_inference_on_mirrored_pair():
