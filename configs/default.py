@@ -109,8 +109,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Evaluation after training (PCK-Transfer on a prepared dataset with keypoints).
     c.eval = ml_collections.ConfigDict()
-    # data: a prepared dataset with keypoints, "procedural" (held-out procedural faces rendered
-    # into workdir/eval_data with the fields below), or "" for no evaluation.
+    # data: a prepared dataset with keypoints, "procedural" (held-out images of a procedural family
+    # rendered into workdir/eval_data with the fields below), or "" for no evaluation.
     c.eval.data = ""
     c.eval.protocol = "spair"  # spair: fixed pairs, alpha * max bbox side | cub: image side
     c.eval.alphas = (0.1, 0.05)  # PCK thresholds
@@ -121,4 +121,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.count = 500  # procedural: images rendered
     c.eval.seed = 1_000_003  # procedural: family seed (the generator trained on seed 0)
     c.eval.clutter_range = (1, 4)  # procedural: background shapes per image
+    c.eval.family = "faces"  # procedural: faces | butterflies (data/families.py)
     return c

@@ -2,8 +2,8 @@
 
 `evaluate_run` is what `python -m gangealing_jax.train` calls after training when `eval.data` is
 set; it writes `summary.json`, `congealed_average.png` and `congealed_grid.png` to the work
-directory. With eval.data = "procedural", held-out procedural faces are rendered once into
-`workdir/eval_data` (a prepared dataset) and reused by later runs.
+directory. With eval.data = "procedural", held-out images of the procedural family `eval.family`
+are rendered once into `workdir/eval_data` (a prepared dataset) and reused by later runs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from gangealing_jax.apps.model import AlignmentModel, load_model
 from gangealing_jax.apps.pck import evaluate_pck, stn_input
-from gangealing_jax.data import procedural
+from gangealing_jax.data import families, procedural
 from gangealing_jax.data.prepared import PreparedDataset, write_procedural_dataset
 from gangealing_jax.training.metrics_log import image_grid, save_png
 
@@ -27,7 +27,8 @@ AVERAGED_IMAGES = 500  # congealed images averaged in congealed_average.png
 
 
 def procedural_eval_config(eval_config) -> procedural.ProceduralConfig:
-    return procedural.ProceduralConfig(
+    return families.family_config(
+        eval_config.get("family", "faces"),
         resolution=int(eval_config.resolution),
         clutter_range=tuple(int(v) for v in eval_config.clutter_range),
     )
@@ -61,6 +62,7 @@ def evaluation_dataset(eval_config, workdir: pathlib.Path) -> PreparedDataset:
         int(eval_config.seed),
         family,
         num_pairs=int(eval_config.num_pairs),
+        family=eval_config.get("family", "faces"),
     )
 
 
