@@ -65,6 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
     # and the mirror of G(w)'s congealing (not in the reference; 0 = off): a consistency prior
     # for left-right symmetric categories.
     c.mirror_weight = 0.0
+    # Squared log-zoom of the STN's sampling grids beyond zoom_out_max image widths (not in the
+    # reference; 0 = off): a guard against zooming out until padding fills the output.
+    c.zoom_out_weight = 0.0
+    c.zoom_out_max = 1.5  # grid spread (1 = the image itself) beyond which zoom_out_weight acts
 
     # Spatial transformer.
     c.stn = ml_collections.ConfigDict()
