@@ -6,6 +6,8 @@
 Rerunning with the same --workdir resumes from its latest checkpoint. SIGTERM saves and exits.
 """
 
+import pathlib
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -28,7 +30,9 @@ def main(argv):
     except (NonFiniteLossError, CheckpointDiskFullError) as err:
         raise SystemExit(f"error: {err}") from None
     what = "interrupted" if result.interrupted else "finished"
-    print(f"{what} at iteration {result.step}; generator exported to {_WORKDIR.value}/generator")
+    npz = pathlib.Path(_WORKDIR.value) / "generator.npz"
+    print(f"{what} at iteration {result.step}; generator exported to {npz} (pass it as "
+          f"--config.generator.checkpoint={npz} to gangealing_jax.train)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -131,3 +131,24 @@ def test_selector_and_prepared_dataset_carry_the_family(tmp_path):
     np.testing.assert_array_equal(data.images[2], butterflies.render(9, 2, CONFIG).image)
     np.testing.assert_array_equal(data.keypoints[2], butterflies.render(9, 2, CONFIG).keypoints)
     np.testing.assert_array_equal(data.flip_permutation, FLIP_PERMUTATION)
+
+
+def test_gan_trainer_renders_the_chosen_family_or_says_the_prepared_data_overrides_it(
+    tmp_path, capsys
+):
+    from configs.gan import test as gan_test
+    from gangealing_jax.training.gan_loop import training_images
+
+    config = gan_test.get_config()
+    config.data.family = "butterflies"
+    images = training_images(config, tmp_path)
+    expected = butterflies.generate(
+        2, 0, families.family_config("butterflies", resolution=8, clutter_range=(1, 4))
+    )
+    np.testing.assert_array_equal(images[:2], expected.images)
+    assert capsys.readouterr().out == ""
+    prepared.write_procedural_dataset(str(tmp_path / "p"), 3, 1, procedural.ProceduralConfig(8))
+    config.data.path = str(tmp_path / "p")
+    assert len(training_images(config, tmp_path)) == 3
+    out = capsys.readouterr().out
+    assert "3 images" in out and "data.size" in out and "clutter_range" in out

@@ -89,6 +89,12 @@ def training_images(config, workdir: pathlib.Path) -> np.ndarray:
     name = data.get("family", "faces")
     if data.path:
         images = prepared.PreparedDataset(data.path).images
+        # The procedural fields stay in the config whatever the data: say that they are unused.
+        if jax.process_index() == 0:
+            print(
+                f"training on the {len(images)} images of {data.path}; data.family, data.size "
+                "and data.clutter_range (the procedural family's) do nothing"
+            )
     else:
         family = families.family_config(
             name,
