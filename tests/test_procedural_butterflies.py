@@ -7,6 +7,8 @@ from gangealing_jax.data import families, prepared, procedural
 from gangealing_jax.data import procedural_butterflies as butterflies
 from gangealing_jax.data.procedural_butterflies import FLIP_PERMUTATION, KEYPOINT_NAMES
 
+NUM = len(KEYPOINT_NAMES)
+
 CONFIG = families.family_config("butterflies")
 SOLID_128 = families.family_config("butterflies", resolution=128, solid_feature_colors=True)
 RED, GREEN, BLUE = np.array([255, 0, 0]), np.array([0, 255, 0]), np.array([0, 0, 255])
@@ -152,3 +154,23 @@ def test_gan_trainer_renders_the_chosen_family_or_says_the_prepared_data_overrid
     assert len(training_images(config, tmp_path)) == 3
     out = capsys.readouterr().out
     assert "3 images" in out and "data.size" in out and "clutter_range" in out
+
+
+def test_evaluation_renders_the_chosen_family_and_refuses_a_set_of_another(tmp_path):
+    import ml_collections
+
+    from gangealing_jax.apps.evaluate import evaluation_dataset
+
+    config = ml_collections.ConfigDict(
+        {"data": "procedural", "num_pairs": 5, "resolution": 32, "count": 6, "seed": 9,
+         "clutter_range": (1, 4), "family": "butterflies"}
+    )  # fmt: skip
+    data = evaluation_dataset(config, tmp_path)
+    assert data.meta["family"] == "butterflies" and data.keypoints.shape == (6, NUM, 3)
+    family = families.family_config("butterflies", resolution=32, clutter_range=(1, 4))
+    expected = butterflies.render(9, 3, family)
+    np.testing.assert_array_equal(data.images[3], expected.image)
+    assert len(evaluation_dataset(config, tmp_path)) == 6  # reused
+    config.family = "faces"
+    with pytest.raises(FileExistsError, match="another evaluation set"):
+        evaluation_dataset(config, tmp_path)

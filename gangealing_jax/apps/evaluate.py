@@ -45,6 +45,7 @@ def evaluation_dataset(eval_config, workdir: pathlib.Path) -> PreparedDataset:
         meta = dataset.meta
         same = (
             meta.get("seed") == int(eval_config.seed)
+            and meta.get("family", "faces") == eval_config.get("family", "faces")
             and len(dataset) == int(eval_config.count)
             and len(dataset.pairs) == int(eval_config.num_pairs)
             and meta.get("procedural_config", {}).get("resolution") == family.resolution
