@@ -126,3 +126,18 @@ def test_objective_adds_the_weighted_penalty_and_weight_zero_changes_nothing():
     np.testing.assert_allclose(on.zoom_out, np.log(10.0) ** 2, rtol=1e-3)
     np.testing.assert_allclose(on.total, plain.total + 2.0 * on.zoom_out, rtol=1e-6)
     assert on.grid.shape == (3, 16, 16, 2)
+
+
+def test_statistics_are_means_over_rows_so_any_split_of_the_batch_agrees():
+    # Two heads per input (rows image-major): each congealed copy is compared with its own input.
+    images = _images(4, seed=1)
+    grid = jnp.concatenate([_similarity(1.0, n=4), _similarity(6.0, n=4)])  # 8 rows
+    dimmed = jnp.tile(jnp.array([1.0, 0.1]), 4)[:, None, None, None]  # the second head's copies
+    congealed = jnp.repeat(images, 2, axis=0) * dimmed
+    whole = collapse.warp_statistics(grid, congealed, images)
+    # Split by images, as devices and micro-batches split the batch.
+    first = collapse.warp_statistics(grid[:4], congealed[:4], images[:2])
+    second = collapse.warp_statistics(grid[4:], congealed[4:], images[2:])
+    for key in collapse.KEYS:
+        np.testing.assert_allclose(whole[key], (first[key] + second[key]) / 2, rtol=1e-5)
+    np.testing.assert_allclose(whole["collapse_variance_ratio"], (1.0 + 0.01) / 2, rtol=1e-4)

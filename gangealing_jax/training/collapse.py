@@ -5,9 +5,13 @@ border padding turns the output into flat wedges of edge colour, or into a flat 
 background. The losses do not show it (a flat output can be perceptually close to a flat target
 region, and it is its own mirror image), so the step also returns, from the warps it already has:
 
-  collapse_zoom_out        median over the batch of grid_zoom: 1 = identity, > 1 zooming out
+  collapse_zoom_out        mean over the batch of grid_zoom: 1 = identity, > 1 zooming out
   collapse_outside         fraction of sampling points outside the image ([-1, 1]^2)
-  collapse_variance_ratio  mean spatial variance of the congealed images / that of the inputs
+  collapse_variance_ratio  mean over the batch of each congealed image's spatial variance over
+                           that of its input (clipped at 10)
+
+Each is a mean over rows, so the step's average over micro-batches and devices is exactly the
+statistic of the whole batch, however it is split (a median would not be).
 
 and `CollapseMonitor` warns once when one of them stays past its threshold for WINDOW iterations.
 """
@@ -29,14 +33,18 @@ KEYS = ("collapse_zoom_out", "collapse_outside", "collapse_variance_ratio")
 
 def warp_statistics(grid, congealed, inputs) -> dict:
     """The three statistics, () each, of sampling grids (M, H, W, 2), the congealed images
-    (M, H, W, C) and the images the STN saw (N, S, S, C)."""
+    (M, H, W, C) and the images the STN saw (N, S, S, C), M = N * k with rows image-major (each
+    input's k congealed copies, e.g. one per head, follow each other)."""
     outside = jnp.max(jnp.abs(grid), axis=-1) > 1.0
-    variance_out = jnp.mean(jnp.var(congealed, axis=(1, 2)))
-    variance_in = jnp.mean(jnp.var(inputs, axis=(1, 2)))
+    variance_out = jnp.mean(jnp.var(congealed, axis=(1, 2)), axis=-1)  # (M,)
+    variance_in = jnp.mean(jnp.var(inputs, axis=(1, 2)), axis=-1)  # (N,)
+    variance_in = jnp.repeat(variance_in, congealed.shape[0] // inputs.shape[0])
+    # Clipped: a near-flat input must not let one row's ratio hide the rest of the batch.
+    ratio = jnp.minimum(variance_out / jnp.maximum(variance_in, 1e-8), 10.0)
     return {
-        "collapse_zoom_out": jnp.median(grid_zoom(grid)),
+        "collapse_zoom_out": jnp.mean(grid_zoom(grid)),
         "collapse_outside": jnp.mean(outside.astype(grid.dtype)),
-        "collapse_variance_ratio": variance_out / jnp.maximum(variance_in, 1e-8),
+        "collapse_variance_ratio": jnp.mean(ratio),
     }
 
 
@@ -44,7 +52,7 @@ def collapse_reasons(metrics: dict) -> list[str]:
     """What in one set of logged metrics looks collapsed ([] when healthy or not logged)."""
     reasons = []
     if metrics.get("collapse_zoom_out", 1.0) > ZOOM_OUT_LIMIT:
-        reasons.append(f"median zoom-out {metrics['collapse_zoom_out']:.1f}x > {ZOOM_OUT_LIMIT:g}x")
+        reasons.append(f"mean zoom-out {metrics['collapse_zoom_out']:.1f}x > {ZOOM_OUT_LIMIT:g}x")
     if metrics.get("collapse_variance_ratio", 1.0) < VARIANCE_RATIO_LIMIT:
         reasons.append(
             f"congealed variance {metrics['collapse_variance_ratio']:.3f} of the inputs' "

@@ -128,10 +128,10 @@ def _per_device_gradients(
             "symmetry": terms.symmetry,
             "mirror": terms.mirror,
             "zoom_out": terms.zoom_out,
-            # No gradient flows through these: they are read by the collapse monitor.
+            # Read by the collapse monitor, of the unmirrored rows (image, head), as many as targets.
             **warp_statistics(
-                terms.grid,
-                terms.aligned_pred,
+                terms.grid[: terms.target.shape[0]],
+                terms.aligned_pred[: terms.target.shape[0]],
                 resize_to_flow(terms.unaligned, terms.aligned_pred.shape[1]),
             ),
         }
