@@ -25,20 +25,12 @@ def canonical_keypoints_of(
 ):
     """(count, P, 2) keypoints in the canonical frame after undoing each pose, with the pixel
     scale (count,), bbox side (count,) and visibility (count, P) of each rendered object."""
-    module = families.family_module(family)
-    points, scales, sides, visible = [], [], [], []
-    for index in range(count):
-        scene = module.sample_scene(procedural.sample_rng(seed, index), config)
-        sample = module.render_scene(scene, config)
-        canonical = module.scene_keypoints(scene)  # the pose undone, the bend kept
-        if scene.pose.flip:  # a mirrored object's left/right keypoints swap (see procedural.py)
-            canonical = (canonical * np.array([-1.0, 1.0]))[module.FLIP_PERMUTATION]
-        points.append(canonical)
-        scales.append(scene.pose.scale * config.resolution / 2)  # canonical unit -> pixels
-        x0, y0, x1, y1 = sample.bbox
-        sides.append(max(x1 - x0, y1 - y0))
-        visible.append(sample.keypoints[:, 2] > 0)
-    return np.stack(points), np.array(scales), np.array(sides), np.stack(visible)
+    points, scales = families.canonical_keypoints_of(family, seed, count, config)
+    batch = families.family_module(family).generate(count, seed, config)
+    sides = np.maximum(
+        batch.bboxes[:, 2] - batch.bboxes[:, 0], batch.bboxes[:, 3] - batch.bboxes[:, 1]
+    )
+    return points, scales, sides, batch.keypoints[..., 2] > 0
 
 
 def main(argv=None):

@@ -174,3 +174,25 @@ def test_evaluation_renders_the_chosen_family_and_refuses_a_set_of_another(tmp_p
     config.family = "faces"
     with pytest.raises(FileExistsError, match="another evaluation set"):
         evaluation_dataset(config, tmp_path)
+
+
+@pytest.mark.parametrize("family", ["faces", "butterflies"])
+def test_similarity_ceiling_of_a_rendered_set(tmp_path, family):
+    from gangealing_jax.apps.evaluate import similarity_ceiling
+
+    config = families.family_config(family, resolution=64, clutter_range=(1, 4))
+    data = prepared.write_procedural_dataset(
+        str(tmp_path / family), 24, 5, config, num_pairs=60, family=family
+    )
+    ceiling = similarity_ceiling(data, (0.1, 0.05, 10.0), "spair")
+    assert 0.5 < ceiling["0.05"] < ceiling["0.1"] < 1.0 and ceiling["10"] == 1.0
+    assert similarity_ceiling(data, (0.1,), "cub") is None
+
+    class SelfPairs:  # each image with itself: undoing the same pose twice is exact
+        meta, keypoints, bboxes = data.meta, data.keypoints, data.bboxes
+        pairs = np.stack([np.arange(24)] * 2, axis=-1)
+
+        def __len__(self):
+            return 24
+
+    assert similarity_ceiling(SelfPairs(), (0.001,), "spair") == {"0.001": 1.0}
