@@ -10,10 +10,9 @@ region, and it is its own mirror image), so the step also returns, from the warp
   collapse_variance_ratio  mean over the batch of each congealed image's spatial variance over
                            that of its input (clipped at 10)
 
+and `CollapseMonitor` warns once when one of them stays past its threshold for WINDOW iterations.
 Each is a mean over rows, so the step's average over micro-batches and devices is exactly the
 statistic of the whole batch, however it is split (a median would not be).
-
-and `CollapseMonitor` warns once when one of them stays past its threshold for WINDOW iterations.
 """
 
 from __future__ import annotations
