@@ -1,11 +1,11 @@
-"""PCK-Transfer that a perfect similarity alignment reaches on the held-out procedural faces.
+"""PCK-Transfer that a perfect similarity alignment reaches on a held-out procedural family.
 
 Each face is drawn in a canonical frame and placed by a known similarity pose (and mirror), so
 undoing exactly that pose is the best a similarity STN can do; what is left is the faces' own
 variation (feature shapes, the mild bend). This is the ceiling for `configs/embedded.py` without a
 flow stage. Prints one JSON line per alpha, for the default run's evaluation set:
 
-    python -m benchmarks.similarity_ceiling [--count 500] [--pairs 1000]
+    python -m benchmarks.similarity_ceiling [--family butterflies] [--count 500] [--pairs 1000]
 """
 
 from __future__ import annotations
@@ -15,39 +15,36 @@ import json
 
 import numpy as np
 
-from gangealing_jax.data import procedural
-from gangealing_jax.data import procedural_drawing as drawing
+from gangealing_jax.data import families, procedural
 
 EVAL_SEED = 1_000_003  # configs/default.py eval.seed: the default run's held-out faces
 
 
-def canonical_keypoints_of(seed: int, count: int, config: procedural.ProceduralConfig):
+def canonical_keypoints_of(
+    seed: int, count: int, config: procedural.ProceduralConfig, family: str = "faces"
+):
     """(count, P, 2) keypoints in the canonical frame after undoing each pose, with the pixel
-    scale (count,), bbox side (count,) and visibility (count, P) of each rendered face."""
-    points, scales, sides, visible = [], [], [], []
-    for index in range(count):
-        scene = procedural.sample_scene(procedural.sample_rng(seed, index), config)
-        sample = procedural.render_scene(scene, config)
-        canonical = drawing.face_keypoints(scene.face)  # the pose undone, the bend kept
-        if scene.pose.flip:  # a mirrored face's left/right keypoints swap (see procedural.py)
-            canonical = (canonical * np.array([-1.0, 1.0]))[procedural.FLIP_PERMUTATION]
-        points.append(canonical)
-        scales.append(scene.pose.scale * config.resolution / 2)  # canonical unit -> pixels
-        x0, y0, x1, y1 = sample.bbox
-        sides.append(max(x1 - x0, y1 - y0))
-        visible.append(sample.keypoints[:, 2] > 0)
-    return np.stack(points), np.array(scales), np.array(sides), np.stack(visible)
+    scale (count,), bbox side (count,) and visibility (count, P) of each rendered object."""
+    points, scales = families.canonical_keypoints_of(family, seed, count, config)
+    batch = families.family_module(family).generate(count, seed, config)
+    sides = np.maximum(
+        batch.bboxes[:, 2] - batch.bboxes[:, 0], batch.bboxes[:, 3] - batch.bboxes[:, 1]
+    )
+    return points, scales, sides, batch.keypoints[..., 2] > 0
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=500, help="faces rendered")
+    parser.add_argument("--family", default="faces", choices=sorted(families.FAMILIES))
+    parser.add_argument("--count", type=int, default=500, help="images rendered")
     parser.add_argument("--pairs", type=int, default=1000, help="random (source, target) pairs")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="seed of the pair draw")
     args = parser.parse_args(argv)
-    config = procedural.ProceduralConfig(resolution=args.resolution, clutter_range=(1, 4))
-    points, scales, sides, visible = canonical_keypoints_of(EVAL_SEED, args.count, config)
+    config = families.family_config(args.family, resolution=args.resolution, clutter_range=(1, 4))
+    points, scales, sides, visible = canonical_keypoints_of(
+        EVAL_SEED, args.count, config, args.family
+    )
     rng = np.random.default_rng(args.seed)
     pairs = np.array([rng.choice(args.count, 2, replace=False) for _ in range(args.pairs)])
     source, target = pairs[:, 0], pairs[:, 1]
@@ -57,7 +54,7 @@ def main(argv=None):
     for alpha in (0.1, 0.05):
         correct = error <= alpha * sides[target, None]
         print(json.dumps({
-            "benchmark": "similarity_ceiling", "alpha": alpha, "protocol": "spair",
+            "benchmark": "similarity_ceiling", "family": args.family, "alpha": alpha, "protocol": "spair",
             "pck": float(correct[both].mean()), "pairs": int(args.pairs),
             "keypoints": int(both.sum()),
         }))  # fmt: skip

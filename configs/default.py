@@ -69,6 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
     # and the mirror of G(w)'s congealing (not in the reference; 0 = off): a consistency prior
     # for left-right symmetric categories.
     c.mirror_weight = 0.0
+    # Squared log-zoom of the STN's sampling grids beyond zoom_out_max image widths (not in the
+    # reference; 0 = off): a guard against zooming out until padding fills the output.
+    c.zoom_out_weight = 0.0
+    c.zoom_out_max = 1.5  # grid spread (1 = the image itself) beyond which zoom_out_weight acts
 
     # Spatial transformer.
     c.stn = ml_collections.ConfigDict()
@@ -113,8 +117,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Evaluation after training (PCK-Transfer on a prepared dataset with keypoints).
     c.eval = ml_collections.ConfigDict()
-    # data: a prepared dataset with keypoints, "procedural" (held-out procedural faces rendered
-    # into workdir/eval_data with the fields below), or "" for no evaluation.
+    # data: a prepared dataset with keypoints, "procedural" (held-out images of a procedural family
+    # rendered into workdir/eval_data with the fields below), or "" for no evaluation.
     c.eval.data = ""
     c.eval.protocol = "spair"  # spair: fixed pairs, alpha * max bbox side | cub: image side
     c.eval.alphas = (0.1, 0.05)  # PCK thresholds
@@ -125,4 +129,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.count = 500  # procedural: images rendered
     c.eval.seed = 1_000_003  # procedural: family seed (the generator trained on seed 0)
     c.eval.clutter_range = (1, 4)  # procedural: background shapes per image
+    c.eval.family = "faces"  # procedural: faces | butterflies (data/families.py)
     return c

@@ -45,6 +45,7 @@ def main(argv):
     if config.eval.data and not result.interrupted:
         summary = evaluate_run(config, workdir, result.model_dir)
         summary["seconds"] = round(time.time() - started, 1)
+        summary["collapse"] = result.collapse
         path = write_summary(workdir, summary)
         print(json.dumps({"pck": summary["pck"], "seconds": summary["seconds"]}))
         print(f"summary: {path}; congealed images: {pathlib.Path(workdir) / 'congealed_grid.png'}")

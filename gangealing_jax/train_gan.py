@@ -6,6 +6,8 @@
 Rerunning with the same --workdir resumes from its latest checkpoint. SIGTERM saves and exits.
 """
 
+import pathlib
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -25,7 +27,9 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     result = train_gan(_CONFIG.value, _WORKDIR.value)
     what = "interrupted" if result.interrupted else "finished"
-    print(f"{what} at iteration {result.step}; generator exported to {_WORKDIR.value}/generator")
+    npz = pathlib.Path(_WORKDIR.value) / "generator.npz"
+    print(f"{what} at iteration {result.step}; generator exported to {npz} (pass it as "
+          f"--config.generator.checkpoint={npz} to gangealing_jax.train)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -36,6 +36,12 @@ def test_run_resume_equals_uninterrupted_and_nan_keeps_checkpoints(tmp_path):
     assert list((tmp_path / "whole" / "tensorboard").iterdir())
     records = [json.loads(line) for line in open(tmp_path / "whole" / "metrics.jsonl")]
     assert [r["step"] for r in records][-1] == 8 and all(np.isfinite(r["loss"]) for r in records)
+    # The collapse monitor's statistics are logged for every config; an 8-iteration run of an
+    # untrained STN (the identity) is healthy and says so.
+    assert all(0 < r["collapse_zoom_out"] < 3 and r["collapse_outside"] < 0.5 for r in records)
+    report = json.loads((tmp_path / "whole" / "collapse.json").read_text())
+    assert report["warning"] is False and report == whole.collapse
+    assert report["last"]["collapse_zoom_out"] == pytest.approx(records[-1]["collapse_zoom_out"])
 
     train(_config(4), tmp_path / "split")
     resumed = train(_config(8), tmp_path / "split")

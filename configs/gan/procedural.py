@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Data: the procedural family, or a prepared dataset of matching resolution.
     c.data = ml_collections.ConfigDict()
-    c.data.path = ""  # prepared dataset directory; "" = the procedural faces below
+    c.data.path = ""  # prepared dataset directory; "" = the procedural family below
+    c.data.family = "faces"  # procedural family: faces | butterflies (data/families.py)
     c.data.size = 20_000  # procedural images rendered (about 3 ms each)
     c.data.seed = 0  # procedural family seed; also seeds the epoch permutations of any dataset
     c.data.in_memory_max_mb = 256  # render into memory up to this size, else into workdir/data

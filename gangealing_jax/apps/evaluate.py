@@ -2,8 +2,8 @@
 
 `evaluate_run` is what `python -m gangealing_jax.train` calls after training when `eval.data` is
 set; it writes `summary.json`, `congealed_average.png` and `congealed_grid.png` to the work
-directory. With eval.data = "procedural", held-out procedural faces are rendered once into
-`workdir/eval_data` (a prepared dataset) and reused by later runs.
+directory. With eval.data = "procedural", held-out images of the procedural family `eval.family`
+are rendered once into `workdir/eval_data` (a prepared dataset) and reused by later runs.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import numpy as np
 
 from gangealing_jax import atomic
 from gangealing_jax.apps.model import AlignmentModel, load_model
-from gangealing_jax.apps.pck import evaluate_pck, stn_input
-from gangealing_jax.data import procedural
+from gangealing_jax.apps.pck import evaluate_pck, stn_input, thresholds
+from gangealing_jax.apps.pck_metric import pair_counts, visibility
+from gangealing_jax.data import families, procedural
 from gangealing_jax.data.prepared import PreparedDataset, write_procedural_dataset
 from gangealing_jax.training.metrics_log import image_grid, save_png
 
@@ -27,7 +28,8 @@ AVERAGED_IMAGES = 500  # congealed images averaged in congealed_average.png
 
 
 def procedural_eval_config(eval_config) -> procedural.ProceduralConfig:
-    return procedural.ProceduralConfig(
+    return families.family_config(
+        eval_config.get("family", "faces"),
         resolution=int(eval_config.resolution),
         clutter_range=tuple(int(v) for v in eval_config.clutter_range),
     )
@@ -44,6 +46,7 @@ def evaluation_dataset(eval_config, workdir: pathlib.Path) -> PreparedDataset:
         meta = dataset.meta
         same = (
             meta.get("seed") == int(eval_config.seed)
+            and meta.get("family", "faces") == eval_config.get("family", "faces")
             and len(dataset) == int(eval_config.count)
             and len(dataset.pairs) == int(eval_config.num_pairs)
             and meta.get("procedural_config", {}).get("resolution") == family.resolution
@@ -61,6 +64,7 @@ def evaluation_dataset(eval_config, workdir: pathlib.Path) -> PreparedDataset:
         int(eval_config.seed),
         family,
         num_pairs=int(eval_config.num_pairs),
+        family=eval_config.get("family", "faces"),
     )
 
 
@@ -101,7 +105,15 @@ def evaluate_run(config, workdir, model_dir) -> dict:
     save_png(image_grid(shown[:GRID_IMAGES] / 127.5 - 1.0), workdir / "input_grid.png")
     average = congealed.mean(axis=0, keepdims=True)
     save_png(image_grid(average, padding=0), workdir / "congealed_average.png")
+    ceiling = similarity_ceiling(dataset, options["alphas"], config.eval.protocol)
+    extra = {}
+    if ceiling is not None:
+        extra = {
+            "similarity_ceiling": ceiling,
+            "pck_of_ceiling": {k: stn.pck[k] / v if v else None for k, v in ceiling.items()},
+        }
     return {
+        **extra,
         "pck": {"stn": stn.pck, "identity": identity.pck},
         "pck_bootstrap_std": {"stn": stn.stderr, "identity": identity.stderr},
         "protocol": config.eval.protocol,
@@ -109,6 +121,25 @@ def evaluate_run(config, workdir, model_dir) -> dict:
         "keypoints": stn.keypoints,
         "eval_data": str(dataset.path),
     }
+
+
+def similarity_ceiling(dataset: PreparedDataset, alphas, protocol: str) -> dict | None:
+    """PCK-Transfer per alpha that undoing every image's exact similarity pose reaches on the
+    dataset's pairs: the best a similarity STN can do. None unless the dataset is a rendered
+    procedural set scored under the spair protocol (the poses are known only there)."""
+    config = families.config_from_meta(dataset.meta)
+    if config is None or protocol != "spair" or len(dataset.pairs) == 0:
+        return None
+    name, seed = dataset.meta.get("family", "faces"), int(dataset.meta["seed"])
+    canonical, scales = families.canonical_keypoints_of(name, seed, len(dataset), config)
+    src, dst = np.asarray(dataset.pairs).T
+    kps_a, kps_b = np.asarray(dataset.keypoints[src]), np.asarray(dataset.keypoints[dst])
+    # The source's keypoints through the shared canonical frame into the target image: off the
+    # target's own by their canonical difference, in the target's pixels (rotation keeps length).
+    estimate = kps_b[..., :2] + (canonical[src] - canonical[dst]) * scales[dst, None, None]
+    vis = visibility(kps_a, kps_b)
+    counts = pair_counts(estimate, kps_b, thresholds(dataset, dst, protocol), alphas, vis)
+    return {f"{a:g}": float(v) for a, v in zip(alphas, counts.sum(0) / vis.sum(), strict=True)}
 
 
 def write_summary(workdir, summary: dict) -> pathlib.Path:

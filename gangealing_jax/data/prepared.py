@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gangealing_jax.data import procedural
+from gangealing_jax.data import families, procedural
 from gangealing_jax.errors import InputFileError
 
 FORMAT_NAME = "gangealing_jax.prepared"
@@ -213,23 +213,30 @@ def write_procedural_dataset(
     config: procedural.ProceduralConfig | None = None,
     num_pairs: int = 1000,
     chunk: int = 256,
+    family: str = "faces",
 ) -> PreparedDataset:
-    """Render items 0..n-1 of the procedural family `seed` into a prepared dataset at `path`.
+    """Render items 0..n-1 of the procedural `family` (data/families.py), seed `seed`, into a
+    prepared dataset at `path`.
 
     The pairs come from their own stream of `seed`, so they do not depend on `chunk`.
     """
-    config = procedural.ProceduralConfig() if config is None else config
+    module = families.family_module(family)
+    config = families.family_config(family) if config is None else config
     writer = PreparedWriter(
         path,
         count=n,
         resolution=config.resolution,
-        keypoint_names=procedural.KEYPOINT_NAMES,
-        flip_permutation=procedural.FLIP_PERMUTATION,
+        keypoint_names=module.KEYPOINT_NAMES,
+        flip_permutation=module.FLIP_PERMUTATION,
         source="procedural",
-        extra_meta={"seed": int(seed), "procedural_config": _jsonable(config)},
+        extra_meta={
+            "seed": int(seed),
+            "family": family,
+            "procedural_config": _jsonable(config),
+        },
     )
     for start in range(0, n, chunk):
-        batch = procedural.generate(min(chunk, n - start), seed, config, start=start)
+        batch = module.generate(min(chunk, n - start), seed, config, start=start)
         writer.write(start, *batch)
     pair_rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(1,)))
     return writer.finish(random_pairs(n, num_pairs, pair_rng))

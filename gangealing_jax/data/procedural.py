@@ -38,6 +38,7 @@ KEYPOINT_NAMES = (
 )
 FLIP_PERMUTATION = np.array([1, 0, 3, 2, 4, 6, 5, 7, 8, 10, 9, 11], dtype=np.int64)
 NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+CONFIG_DEFAULTS = {}  # the family's pose ranges are ProceduralConfig's defaults
 _MAX_FIXED_POINT_ITERS = 40  # the bend is a contraction (Lipschitz < 0.3); ~10 steps suffice
 
 
@@ -119,6 +120,12 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
 
 def sample_scene(rng: np.random.Generator, config: ProceduralConfig) -> Scene:
     face = drawing.sample_face(rng, config.solid_feature_colors)
+    pose, deformation = sample_placement(rng, config)
+    return Scene(face, pose, deformation, int(rng.integers(0, 2**62)))
+
+
+def sample_placement(rng: np.random.Generator, config) -> tuple[Pose, Deformation]:
+    """A random similarity pose and bend within config's ranges (shared by every family)."""
     max_t = 2.0 * config.max_translation  # the frame spans 2 normalized units
     pose = Pose(
         angle=float(np.deg2rad(rng.uniform(-config.max_rotation_deg, config.max_rotation_deg))),
@@ -137,7 +144,7 @@ def sample_scene(rng: np.random.Generator, config: ProceduralConfig) -> Scene:
         freqs=freqs,
         phases=rng.uniform(0.0, 2.0 * np.pi, size=(2, 2)),
     )
-    return Scene(face, pose, deformation, int(rng.integers(0, 2**62)))
+    return pose, deformation
 
 
 def _bend(deformation: Deformation, vx, vy):
@@ -203,42 +210,63 @@ def _canonical_to_pixel_affine(pose: Pose, resolution: int) -> np.ndarray:
     return np.array([(c, -s, (pose.tx + 1) * half - 0.5), (s, c, (pose.ty + 1) * half - 0.5)])
 
 
-def _mirror_keypoints(keypoints: np.ndarray, width: int) -> np.ndarray:
-    mirrored = keypoints.copy()
-    mirrored[:, 0] = width - 1 - mirrored[:, 0]
-    return mirrored[FLIP_PERMUTATION]
-
-
 def render_scene(scene: Scene, config: ProceduralConfig) -> Sample:
     """Draw a scene at config.resolution (config's ranges are not consulted: the scene is fixed)."""
     res = config.resolution
     image = drawing.background(
         np.random.default_rng(scene.background_seed), res, config.clutter_range
     )
-    ux, uy = pixel_to_canonical(scene.pose, scene.deformation, res, *_pixel_grid(res))
+    return place_and_draw(
+        image,
+        scene.pose,
+        scene.deformation,
+        lambda canvas: drawing.draw_face(canvas, scene.face),
+        drawing.face_keypoints(scene.face),
+        drawing.face_outline(scene.face),
+        FLIP_PERMUTATION,
+    )
+
+
+def place_and_draw(
+    image, pose: Pose, deformation: Deformation, draw, keypoints, outline, flip_permutation
+) -> Sample:
+    """Paint an object over `image` (3, H, W) float32 through pose and bend; any family's renderer.
+
+    draw(canvas) paints in canonical coordinates; keypoints (P, 2) and outline (K, 2) are
+    canonical points, the outline's image giving the bbox. Mirrors the result when pose.flip.
+    """
+    res = image.shape[-1]
+    ux, uy = pixel_to_canonical(pose, deformation, res, *_pixel_grid(res))
     canvas = raster.Canvas(
         image,
         ux,
         uy,
-        pixel_size=2.0 / (res * scene.pose.scale),  # one pixel in canonical units
-        affine=_canonical_to_pixel_affine(scene.pose, res),
-        slack=scene.deformation.amplitude,  # |d(v)| <= amplitude
+        pixel_size=2.0 / (res * pose.scale),  # one pixel in canonical units
+        affine=_canonical_to_pixel_affine(pose, res),
+        slack=deformation.amplitude,  # |d(v)| <= amplitude
     )
-    drawing.draw_face(canvas, scene.face)
+    draw(canvas)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
-    points = np.concatenate([drawing.face_keypoints(scene.face), drawing.face_outline(scene.face)])
-    xy_all = canonical_to_pixel(scene.pose, scene.deformation, res, points)
-    xy, outline = xy_all[:NUM_KEYPOINTS], xy_all[NUM_KEYPOINTS:]
+    count = len(keypoints)
+    xy_all = canonical_to_pixel(pose, deformation, res, np.concatenate([keypoints, outline]))
+    xy, outline = xy_all[:count], xy_all[count:]
     inside = np.all((xy >= -0.5) & (xy <= res - 0.5), axis=-1)
     keypoints = np.concatenate([xy, inside[:, None]], axis=-1).astype(np.float32)
     outline = np.clip(outline, 0, res - 1)
     bbox = np.concatenate([outline.min(axis=0), outline.max(axis=0)]).astype(np.float32)
-    if scene.pose.flip:
+    if pose.flip:
         image = image[:, ::-1]
-        keypoints = _mirror_keypoints(keypoints, res)
+        keypoints = keypoints.copy()
+        keypoints[:, 0] = res - 1 - keypoints[:, 0]
+        keypoints = keypoints[flip_permutation]
         bbox = np.array([res - 1 - bbox[2], bbox[1], res - 1 - bbox[0], bbox[3]], np.float32)
     return Sample(np.ascontiguousarray(image), keypoints, bbox)
+
+
+def scene_keypoints(scene: Scene) -> np.ndarray:
+    """(P, 2) canonical keypoints of the scene's face: its pose undone, its bend kept."""
+    return drawing.face_keypoints(scene.face)
 
 
 def render(seed_or_rng, index: int, config: ProceduralConfig = ProceduralConfig()) -> Sample:

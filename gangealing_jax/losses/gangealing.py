@@ -23,6 +23,7 @@ from gangealing_jax.losses.regularizers import (
     mirror_equivariance_loss,
     pose_equivariance_loss,
     total_variation_loss,
+    zoom_out_penalty,
 )
 from gangealing_jax.models.congealing import mix_latents
 from gangealing_jax.models.stn import STN
@@ -53,6 +54,10 @@ class ObjectiveSettings:
     # congealing of G(w) (a similarity stage's matrices): a consistency prior for left-right
     # symmetric categories (on the procedural faces it lowered rotation noise, not PCK).
     mirror_weight: float = 0.0
+    # Weight of zoom_out_penalty: the squared log-zoom of each sampling grid beyond
+    # `zoom_out_max` image widths (a guard against zooming out into padding; 0 = off).
+    zoom_out_weight: float = 0.0
+    zoom_out_max: float = 1.5
 
 
 class Frozen(NamedTuple):
@@ -87,17 +92,19 @@ def draw_noise(generator: Generator, key: jax.Array, batch: int, heads: int = 1)
 
 
 class ObjectiveTerms(NamedTuple):
-    total: jnp.ndarray  # () perceptual + the tv, identity, equivariance, symmetry terms x weights
+    total: jnp.ndarray  # () perceptual + the other terms x their weights
     perceptual: jnp.ndarray  # () mean perceptual distance of the chosen warps
     tv: jnp.ndarray  # () total variation of the chosen residual flows
     identity: jnp.ndarray  # () mean squared chosen residual flow
     equivariance: jnp.ndarray  # () pose_equivariance_loss of G(w) and its posed copy (0 without)
     symmetry: jnp.ndarray  # () mean distance of the congealed images to their mirrors (0 without)
     mirror: jnp.ndarray  # () mirror_equivariance_loss of G(w) (posed) and its mirror (0 without)
+    zoom_out: jnp.ndarray  # () zoom_out_penalty of every sampling grid (0 without)
     distances: jnp.ndarray  # (N, J) distance per image and candidate (J = heads * (1 + flips))
     assignments: jnp.ndarray  # (N,) int32 chosen candidate; j >= heads means the mirrored input
     delta_flow: jnp.ndarray  # (N, F, F, 2) chosen residual flows (zeros without a flow stage)
     aligned_pred: jnp.ndarray  # (R, F, F, 3) every STN output, rows (flip, image, head)
+    grid: jnp.ndarray  # (R, F, F, 2) their sampling grids into the STN's input
     target: jnp.ndarray  # (N * heads, F, F, 3) congealed targets, rows (image, head)
     unaligned: jnp.ndarray  # (N, S, S, 3) G(w), moved by `augment` when given
 
@@ -218,6 +225,10 @@ def gangealing_objective(
         else:
             mirrored = congeal(jnp.flip(unaligned, axis=2)).matrix
         mirror = mirror_equivariance_loss(mirrored, out.matrix[:rows])
+    zoom_out = 0.0
+    if settings.zoom_out_weight > 0:
+        zoom_out = zoom_out_penalty(out.grid, settings.zoom_out_max)
+    zoom_out = jnp.asarray(zoom_out, perceptual.dtype)
     tv = jnp.asarray(tv, perceptual.dtype)
     identity = jnp.asarray(identity, perceptual.dtype)
     equivariance = jnp.asarray(equivariance, perceptual.dtype)
@@ -230,6 +241,7 @@ def gangealing_objective(
         + settings.equivariance_weight * equivariance
         + settings.symmetry_weight * symmetry
         + settings.mirror_weight * mirror
+        + settings.zoom_out_weight * zoom_out
     )
     return ObjectiveTerms(
         total=total,
@@ -239,10 +251,12 @@ def gangealing_objective(
         equivariance=equivariance,
         symmetry=symmetry,
         mirror=mirror,
+        zoom_out=zoom_out,
         distances=distances,
         assignments=assignments,
         delta_flow=chosen_flow,
         aligned_pred=out.image,
+        grid=out.grid,
         target=target,
         unaligned=unaligned,
     )

@@ -77,3 +77,28 @@ def mirror_equivariance_loss(matrix_mirrored, matrix):
         jnp.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], matrix.dtype), matrix.shape
     )
     return pose_equivariance_loss(compose_affine(matrix_mirrored, reflect), matrix, reflect)
+
+
+def grid_zoom(grid):
+    """(M,) how much wider than the image each sampling grid (M, H, W, 2) spreads: 1 at the
+    identity, s for a similarity of scale s (rotation and shift do not change it), > 1 zooming out.
+
+    The ratio of the grid's coordinate spread to that of the identity grid (pixel centres of
+    [-1, 1], variance (n^2 - 1) / (3 n^2) per axis), so it applies to any warp, flows included.
+    """
+    h, w = grid.shape[1], grid.shape[2]
+    identity = (w * w - 1) / (3.0 * w * w) + (h * h - 1) / (3.0 * h * h)
+    spread = jnp.var(grid[..., 0], axis=(1, 2)) + jnp.var(grid[..., 1], axis=(1, 2))
+    return jnp.sqrt(spread / identity)
+
+
+def zoom_out_penalty(grid, max_zoom: float):
+    """Mean squared log-zoom beyond `max_zoom` of sampling grids (M, H, W, 2). Scalar.
+
+    A warp that spreads its grid over more than max_zoom image widths samples fewer source pixels
+    than its output has (cf. the effective resolution of apps/filter.py); padding then fills most
+    of the output with clamped edge colour, which a perceptual or mirror-symmetry distance can find
+    cheaper than aligning. Zero for every warp within the bound, so it leaves alignment alone.
+    """
+    excess = jnp.log(jnp.maximum(grid_zoom(grid), 1e-6)) - jnp.log(max_zoom)
+    return jnp.mean(jnp.square(jnp.maximum(excess, 0.0)))

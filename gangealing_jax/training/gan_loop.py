@@ -86,13 +86,21 @@ def build_setup(config, mesh) -> gan.GANSetup:
 
 def training_images(config, workdir: pathlib.Path) -> np.ndarray:
     """(N, H, W, 3) uint8 (possibly memory-mapped) images to train on."""
-    from gangealing_jax.data import prepared, procedural
+    from gangealing_jax.data import families, prepared, procedural
 
     data, res = config.data, config.model.resolution
+    name = data.get("family", "faces")
     if data.path:
         images = prepared.PreparedDataset(data.path).images
+        # The procedural fields stay in the config whatever the data: say that they are unused.
+        if jax.process_index() == 0:
+            print(
+                f"training on the {len(images)} images of {data.path}; data.family, data.size "
+                "and data.clutter_range (the procedural family's) do nothing"
+            )
     else:
-        family = procedural.ProceduralConfig(
+        family = families.family_config(
+            name,
             resolution=res,
             clutter_range=tuple(
                 data.get("clutter_range", procedural.ProceduralConfig.clutter_range)
@@ -100,9 +108,9 @@ def training_images(config, workdir: pathlib.Path) -> np.ndarray:
         )
         nbytes = data.size * res * res * 3
         if nbytes <= data.in_memory_max_mb * 2**20:
-            images = procedural.generate(data.size, data.seed, family).images
+            images = families.family_module(name).generate(data.size, data.seed, family).images
         else:
-            images = _procedural_on_disk(workdir / "data", data.size, data.seed, family)
+            images = _procedural_on_disk(workdir / "data", data.size, data.seed, family, name)
     if images.ndim != 4 or images.shape[1:] != (res, res, 3) or images.dtype != np.uint8:
         raise InputFileError(
             f"--config.data.path={data.path}: its images are {images.dtype}"
@@ -112,7 +120,9 @@ def training_images(config, workdir: pathlib.Path) -> np.ndarray:
     return images
 
 
-def _procedural_on_disk(path: pathlib.Path, size: int, seed: int, family) -> np.ndarray:
+def _procedural_on_disk(
+    path: pathlib.Path, size: int, seed: int, family, name: str = "faces"
+) -> np.ndarray:
     from gangealing_jax.data import prepared
 
     if (path / "meta.json").is_file():
@@ -121,17 +131,19 @@ def _procedural_on_disk(path: pathlib.Path, size: int, seed: int, family) -> np.
         if (
             len(dataset) == size
             and meta.get("seed") == seed
+            and meta.get("family", "faces") == name
             and dataset.resolution == family.resolution
         ):
             return dataset.images
         raise InputFileError(
             f"{path} holds another procedural set ({len(dataset)} images, seed "
-            f"{meta.get('seed')}, resolution {dataset.resolution}); remove it or use another workdir"
+            f"{meta.get('seed')}, family {meta.get('family', 'faces')}, resolution "
+            f"{dataset.resolution}); remove it or use another workdir"
         )
     if path.exists() and jax.process_index() == 0:
         shutil.rmtree(path)  # an interrupted rendering (no meta.json)
     if jax.process_index() == 0:
-        prepared.write_procedural_dataset(str(path), size, seed, family)
+        prepared.write_procedural_dataset(str(path), size, seed, family, family=name)
     _sync("procedural_data")
     return prepared.PreparedDataset(str(path)).images
 

@@ -23,6 +23,7 @@ from gangealing_jax.convert.stylegan2 import config_to_dict
 from gangealing_jax.data.prepared import PreparedDataset
 from gangealing_jax.losses.gangealing import gangealing_objective, resize_to_flow
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
+from gangealing_jax.training.collapse import CollapseMonitor
 from gangealing_jax.training.config_checks import check_gangealing_config
 from gangealing_jax.training.gangealing_setup import RunSetup, build_run
 from gangealing_jax.training.gangealing_step import make_train_step
@@ -36,6 +37,7 @@ class RunResult(NamedTuple):
     interrupted: bool
     metrics: dict
     model_dir: pathlib.Path
+    collapse: dict | None = None  # CollapseMonitor.summary() of this (part of the) run
 
 
 def visual_batch(setup: RunSetup, state, z: jnp.ndarray, psi):
@@ -125,6 +127,7 @@ def train(config, workdir: str | os.PathLike) -> RunResult:
     reals = real_visual_images(config)
     real_visuals = jax.jit(lambda s, x: congeal_real(setup, s, x, config.stn.padding_mode))
     metrics, interrupted = {}, False
+    monitor = CollapseMonitor(hint=collapse_hint(config))
     bar = tqdm(range(start, config.iters), initial=start, total=config.iters, disable=not primary)
     with TerminationRequest() as stop:
         for index in bar:
@@ -136,6 +139,9 @@ def train(config, workdir: str | os.PathLike) -> RunResult:
                 metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
                 check_finite(metrics, it, ckpt_dir)
                 writer.scalars(it, metrics)
+                warning = monitor.update(it, metrics)
+                if warning and primary:
+                    tqdm.write(warning)
                 bar.set_description(
                     f"perceptual {metrics['perceptual']:.4f} tv {metrics['tv']:.5f} "
                     f"identity {metrics['identity']:.4f} psi {metrics['psi']:.3f}"
@@ -160,5 +166,21 @@ def train(config, workdir: str | os.PathLike) -> RunResult:
     if primary:
         export_model(model_dir, config, setup, state)
         atomic.write_json(workdir / "final_metrics.json", metrics, indent=2)
+        atomic.write_json(workdir / "collapse.json", monitor.summary(), indent=2)
     writer.close()
-    return RunResult(int(state.step), interrupted, metrics, model_dir)
+    return RunResult(int(state.step), interrupted, metrics, model_dir, monitor.summary())
+
+
+def collapse_hint(config) -> str:
+    """What the collapse warning suggests, given the run's settings."""
+    hints = []
+    if config.stn.padding_mode == "border":
+        # Clamped edge pixels make a zoomed-out view look like flat background; reflected ones
+        # keep the image's structure, so zooming out stops paying.
+        hints.append(
+            "--config.stn.padding_mode=reflection --config.test_time.padding_mode=reflection"
+        )
+    hints.append(f"a lower --config.stn_lr (now {config.stn_lr:g})")
+    if not config.get("zoom_out_weight", 0.0):
+        hints.append("--config.zoom_out_weight=1")
+    return "try " + ", or ".join(hints)

@@ -136,6 +136,8 @@ def settings_from_config(config):
         equivariance_weight=float(augment.get("equivariance_weight", 0.0)),
         symmetry_weight=float(config.get("symmetry_weight", 0.0)),
         mirror_weight=float(config.get("mirror_weight", 0.0)),
+        zoom_out_weight=float(config.get("zoom_out_weight", 0.0)),
+        zoom_out_max=float(config.get("zoom_out_max", 1.5)),
     )
     step = StepSettings(
         objective,

@@ -25,10 +25,13 @@ from gangealing_jax.losses.gangealing import (
     ObjectiveSettings,
     draw_noise,
     gangealing_objective,
+    resize_to_flow,
 )
 from gangealing_jax.models.stn import STN
 from gangealing_jax.models.stylegan2 import Generator
 from gangealing_jax.training.augment import PoseAugmentation, random_poses
+from gangealing_jax.training.collapse import KEYS as COLLAPSE_KEYS
+from gangealing_jax.training.collapse import warp_statistics
 from gangealing_jax.training.parallel import DATA_AXIS, replicated
 from gangealing_jax.training.schedules import make_lr_schedule, psi_at_iteration
 
@@ -125,6 +128,13 @@ def _per_device_gradients(
             "equivariance": terms.equivariance,
             "symmetry": terms.symmetry,
             "mirror": terms.mirror,
+            "zoom_out": terms.zoom_out,
+            # Read by the collapse monitor, of the unmirrored rows (image, head), as many as targets.
+            **warp_statistics(
+                terms.grid[: terms.target.shape[0]],
+                terms.aligned_pred[: terms.target.shape[0]],
+                resize_to_flow(terms.unaligned, terms.aligned_pred.shape[1]),
+            ),
         }
         return (
             jax.tree.map(jnp.add, grads_sum, grads),
@@ -132,7 +142,7 @@ def _per_device_gradients(
         ), None
 
     names = ("loss", "perceptual", "tv", "identity", "equivariance", "symmetry", "mirror")
-    zero_metrics = {k: jnp.zeros(()) for k in names}
+    zero_metrics = {k: jnp.zeros(()) for k in names + ("zoom_out",) + COLLAPSE_KEYS}
     zero_grads = jax.tree.map(jnp.zeros_like, params)
     (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), (z, noise, augment))
     grads, metrics = jax.tree.map(lambda g: g / accum, (grads, metrics))

@@ -1,0 +1,143 @@
+"""The collapse monitor's statistics and warning, and the zoom-out guard."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gangealing_jax.losses.gangealing import Frozen, ObjectiveSettings, gangealing_objective
+from gangealing_jax.losses.perceptual import multiscale_structural_distance
+from gangealing_jax.losses.regularizers import grid_zoom, zoom_out_penalty
+from gangealing_jax.models.stn import STN
+from gangealing_jax.ops.sampling import affine_grid, grid_sample
+from gangealing_jax.training import collapse
+from tests.tiny_models import tiny_generator, tiny_stn_config
+
+
+def _similarity(scale, angle=0.0, shift=(0.0, 0.0), n=4):
+    c, s = scale * jnp.cos(angle), scale * jnp.sin(angle)
+    theta = jnp.array([[c, -s, shift[0]], [s, c, shift[1]]], jnp.float32)
+    return affine_grid(jnp.broadcast_to(theta, (n, 2, 3)), (16, 16))
+
+
+def _images(n=4, seed=0):
+    """Smooth random images (N, 16, 16, 3) in [-1, 1]: structure at several scales."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(-1, 1, (n, 4, 4, 3)).astype(np.float32)
+    return jnp.asarray(np.kron(coarse, np.ones((1, 4, 4, 1), np.float32)))
+
+
+@pytest.mark.parametrize("scale,angle", [(1.0, 0.0), (0.5, 0.7), (14.0, -0.3), (2.0, 3.0)])
+def test_grid_zoom_is_the_similarity_scale_whatever_the_rotation_and_shift(scale, angle):
+    zoom = grid_zoom(_similarity(scale, angle, shift=(0.3, -0.2)))
+    np.testing.assert_allclose(zoom, scale, rtol=1e-5)
+
+
+def test_statistics_tell_a_collapsed_warp_from_the_identity():
+    images = _images()
+    identity = _similarity(1.0)
+    healthy = collapse.warp_statistics(identity, grid_sample(images, identity, "border"), images)
+    np.testing.assert_allclose(healthy["collapse_zoom_out"], 1.0, rtol=1e-5)
+    assert float(healthy["collapse_outside"]) == 0.0
+    np.testing.assert_allclose(healthy["collapse_variance_ratio"], 1.0, rtol=1e-4)
+    assert collapse.collapse_reasons({k: float(v) for k, v in healthy.items()}) == []
+
+    # The failure seen on the butterflies: a 14x zoom-out whose border padding leaves flat wedges.
+    zoomed = _similarity(14.0, 0.2)
+    flat = jnp.broadcast_to(images.mean(axis=(1, 2), keepdims=True), images.shape)
+    bad = {k: float(v) for k, v in collapse.warp_statistics(zoomed, flat, images).items()}
+    np.testing.assert_allclose(bad["collapse_zoom_out"], 14.0, rtol=1e-4)
+    assert bad["collapse_outside"] > 0.98  # all but the central 1/14 of each axis
+    assert bad["collapse_variance_ratio"] < 1e-6
+    assert len(collapse.collapse_reasons(bad)) == 3
+
+
+def _feed(monitor, values, every=25):
+    lines = []
+    for i, value in enumerate(values):
+        line = monitor.update((i + 1) * every, value)
+        if line:
+            lines.append(line)
+    return lines
+
+
+HEALTHY = {"collapse_zoom_out": 0.8, "collapse_outside": 0.02, "collapse_variance_ratio": 0.9}
+COLLAPSED = {"collapse_zoom_out": 14.0, "collapse_outside": 0.99, "collapse_variance_ratio": 0.3}
+
+
+def test_warning_fires_once_on_a_sustained_collapse_and_names_the_iteration():
+    monitor = collapse.CollapseMonitor(window=200, hint="try X")
+    lines = _feed(monitor, [HEALTHY] * 4 + [COLLAPSED] * 20)
+    assert len(lines) == 1
+    # Collapsed from iteration 125; 200 iterations later is 325.
+    assert "iteration 325" in lines[0] and "since 125" in lines[0] and "try X" in lines[0]
+    assert "zoom-out 14.0x" in lines[0]
+    summary = monitor.summary()
+    assert summary["warning"] and summary["fired_at"] == 325
+    assert summary["worst"]["collapse_zoom_out"] == 14.0
+    assert summary["last"] == COLLAPSED
+    assert summary["thresholds"]["zoom_out"] == collapse.ZOOM_OUT_LIMIT
+
+
+def test_no_warning_on_a_healthy_run_or_a_short_excursion():
+    monitor = collapse.CollapseMonitor(window=200)
+    excursion = [HEALTHY] * 5 + [COLLAPSED] * 7 + [HEALTHY] + [COLLAPSED] * 7 + [HEALTHY] * 5
+    assert _feed(monitor, excursion) == []  # 150 iterations each time: under the window
+    assert _feed(collapse.CollapseMonitor(), [HEALTHY] * 200) == []
+    summary = monitor.summary()
+    assert not summary["warning"] and summary["fired_at"] is None
+    assert _feed(collapse.CollapseMonitor(), [{"loss": 1.0}] * 50) == []  # nothing to judge
+
+
+def test_zoom_out_penalty_punishes_the_zoomed_out_warp_and_spares_aligned_ones():
+    assert float(zoom_out_penalty(_similarity(1.0), 1.5)) == 0.0
+    assert float(zoom_out_penalty(_similarity(0.4, 0.5), 1.5)) == 0.0  # zooming in is alignment
+    zoomed = float(zoom_out_penalty(_similarity(14.0), 1.5))
+    np.testing.assert_allclose(zoomed, np.log(14.0 / 1.5) ** 2, rtol=1e-4)
+    assert zoomed > float(zoom_out_penalty(_similarity(3.0), 1.5)) > 0.0
+    # Its gradient pulls the scale back in.
+    grad = jax.grad(lambda s: zoom_out_penalty(_similarity(s), 1.5))(3.0)
+    assert float(grad) > 0
+
+
+def test_objective_adds_the_weighted_penalty_and_weight_zero_changes_nothing():
+    generator, gvars = tiny_generator(size=16, style_dim=16, channels=8)
+    stn = STN(tiny_stn_config(flow_size=16, supersize=16))
+    stn_vars = stn.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
+    d = generator.config.style_dim
+    frozen = Frozen(gvars, jnp.eye(2, d), jnp.zeros((1, d)))
+    trainable = {"stn": stn_vars, "congealing": {"coefficients": jnp.full((1, 2), 0.1)}}
+    z = jax.random.normal(jax.random.PRNGKey(4), (3, d))
+
+    def run(**fields):
+        settings = ObjectiveSettings(inject=3, tv_weight=10.0, **fields)
+        return gangealing_objective(
+            trainable, frozen, z, None, jnp.float32(0.0), multiscale_structural_distance,
+            generator=generator, stn=stn, settings=settings,
+        )  # fmt: skip
+
+    plain = run()
+    off = run(zoom_out_weight=0.0, zoom_out_max=0.1)
+    assert float(off.zoom_out) == 0.0
+    np.testing.assert_array_equal(off.total, plain.total)
+    np.testing.assert_array_equal(off.aligned_pred, plain.aligned_pred)
+    # The untrained STN is the identity: its grids spread 1 image width, 10x the bound of 0.1.
+    on = run(zoom_out_weight=2.0, zoom_out_max=0.1)
+    np.testing.assert_allclose(on.zoom_out, np.log(10.0) ** 2, rtol=1e-3)
+    np.testing.assert_allclose(on.total, plain.total + 2.0 * on.zoom_out, rtol=1e-6)
+    assert on.grid.shape == (3, 16, 16, 2)
+
+
+def test_statistics_are_means_over_rows_so_any_split_of_the_batch_agrees():
+    # Two heads per input (rows image-major): each congealed copy is compared with its own input.
+    images = _images(4, seed=1)
+    grid = jnp.concatenate([_similarity(1.0, n=4), _similarity(6.0, n=4)])  # 8 rows
+    dimmed = jnp.tile(jnp.array([1.0, 0.1]), 4)[:, None, None, None]  # the second head's copies
+    congealed = jnp.repeat(images, 2, axis=0) * dimmed
+    whole = collapse.warp_statistics(grid, congealed, images)
+    # Split by images, as devices and micro-batches split the batch.
+    first = collapse.warp_statistics(grid[:4], congealed[:4], images[:2])
+    second = collapse.warp_statistics(grid[4:], congealed[4:], images[2:])
+    for key in collapse.KEYS:
+        np.testing.assert_allclose(whole[key], (first[key] + second[key]) / 2, rtol=1e-5)
+    np.testing.assert_allclose(whole["collapse_variance_ratio"], (1.0 + 0.01) / 2, rtol=1e-4)
