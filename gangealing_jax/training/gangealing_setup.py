@@ -20,6 +20,7 @@ from gangealing_jax.losses.gangealing import Frozen, ObjectiveSettings
 from gangealing_jax.losses.perceptual import get_perceptual_loss
 from gangealing_jax.models.stn import STN, STNConfig
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
+from gangealing_jax.ops.precision import Policy
 from gangealing_jax.training.augment import PoseAugmentation
 from gangealing_jax.training.gangealing_step import (
     OptimizerSettings,
@@ -75,6 +76,17 @@ def load_frozen_generator(gcfg, key: jax.Array):
             )
         source = str(EMBEDDED_GENERATOR)
     return load_generator(source, module=gcfg.module, lr_mlp=gcfg.lr_mlp)
+
+
+def compute_policy(config) -> Policy:
+    """The `compute` fields as a Policy (configs written before they existed: the defaults)."""
+    compute = config.get("compute") or {}
+    fields = {k: str(compute[k]) for k in ("dtype", "matmul_precision", "kernels") if k in compute}
+    fields.setdefault("matmul_precision", "auto")
+    try:
+        return Policy(**fields)
+    except ValueError as e:
+        raise ConfigError(f"--config.compute.{e}") from None
 
 
 def stn_config(config) -> STNConfig:
@@ -196,14 +208,15 @@ def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = No
     resumed run reuses them instead of recomputing."""
     g_key, stn_key, pca_key, run_key = jax.random.split(key, 4)
     gconfig, gvars = load_frozen_generator(config.generator, g_key)
-    generator = Generator(gconfig)
+    policy = compute_policy(config)
+    generator = Generator(gconfig, policy=policy)
     if config.inject > gconfig.n_latent:
         raise ConfigError(
             f"--config.inject={config.inject}: the generator has only {gconfig.n_latent} W+ "
             f"layers; use at most {gconfig.n_latent}"
         )
-    stn = STN(stn_config(config))
-    distance = get_perceptual_loss(config)
+    stn = STN(stn_config(config), policy=policy)
+    distance = get_perceptual_loss(config, policy)
     flow = config.stn.flow_size
     stn_vars = jax.jit(stn.init)(stn_key, jnp.zeros((1, flow, flow, 3)))
     cache_key = congealing_cache_key(config, gvars) if congealing_cache is not None else None
