@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 
 import jax
@@ -29,22 +30,34 @@ def flops_of(compiled) -> float | None:
     return float(flops) if flops else None
 
 
-def time_compiled(fn, args, *, min_seconds: float = 2.0, min_iters: int = 3):
-    """Compile `fn` for `args`, then time calls until both minimums are met.
+def timed_calls(call, *, min_seconds: float = 0.0, min_iters: int = 3) -> float:
+    """Median wall seconds of `call()` (which must block) over calls until both minimums are met.
 
-    Returns (seconds per call, compile seconds, flops per call).
+    A median, not a mean: on a shared machine one call disturbed by another process would
+    otherwise move the result.
+    """
+    times, elapsed = [], 0.0
+    while len(times) < min_iters or elapsed < min_seconds:
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+        elapsed += times[-1]
+    return statistics.median(times)
+
+
+def time_compiled(fn, args, *, min_seconds: float = 2.0, min_iters: int = 3):
+    """Compile `fn` for `args`, warm it up, then time calls until both minimums are met.
+
+    Returns (median seconds per call, compile seconds, flops per call).
     """
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(*args))  # warm-up
-    iters, elapsed = 0, 0.0
-    start = time.perf_counter()
-    while iters < min_iters or elapsed < min_seconds:
-        jax.block_until_ready(compiled(*args))
-        iters += 1
-        elapsed = time.perf_counter() - start
-    return elapsed / iters, compile_s, flops_of(compiled)
+    per_call = timed_calls(
+        lambda: jax.block_until_ready(compiled(*args)), min_seconds=min_seconds, min_iters=min_iters
+    )
+    return per_call, compile_s, flops_of(compiled)
 
 
 def emit(record: dict) -> None:

@@ -19,11 +19,12 @@ from gangealing_jax.losses import perceptual
 from gangealing_jax.models.vgg import VGG16_STAGES, conv_name
 
 
-def random_lpips_weights(seed: int = 0) -> perceptual.PerceptualWeights:
-    """Full-size VGG16 + heads, drawn with numpy (no init graph to compile)."""
+def random_lpips_weights(seed: int = 0, stages=VGG16_STAGES) -> perceptual.PerceptualWeights:
+    """VGG16 (full size, or the conv widths `stages`) + heads, drawn with numpy (no init graph
+    to compile)."""
     rng = np.random.default_rng(seed)
     params, cin = {}, 3
-    for stage, widths in enumerate(VGG16_STAGES):
+    for stage, widths in enumerate(stages):
         for index, width in enumerate(widths):
             kernel = rng.standard_normal((3, 3, cin, width), np.float32) * np.sqrt(2 / (9 * cin))
             params[conv_name(stage, index)] = {
@@ -31,7 +32,7 @@ def random_lpips_weights(seed: int = 0) -> perceptual.PerceptualWeights:
                 "bias": jnp.zeros((width,), jnp.float32),
             }
             cin = width
-    heads = tuple(jnp.asarray(rng.uniform(0, 0.1, w[-1]), jnp.float32) for w in VGG16_STAGES)
+    heads = tuple(jnp.asarray(rng.uniform(0, 0.1, w[-1]), jnp.float32) for w in stages)
     shift = jnp.asarray(perceptual.LPIPS_SHIFT, jnp.float32)
     scale = jnp.asarray(perceptual.LPIPS_SCALE, jnp.float32)
     return perceptual.PerceptualWeights(params, heads, shift, scale)

@@ -4,7 +4,10 @@ The reference architecture (similarity + flow, flow_size 128, 256x256 inputs, re
 table with channel_multiplier 0.5), randomly initialised, with and without flip inference
 (which runs every image twice).
 
-python benchmarks/stn.py [--batches 8,64] [--seconds 2] [--quick]
+python -m benchmarks.stn [--batches 8,64] [--output-resolution 256] [--seconds 2] [--quick]
+
+--output-resolution samples the congealed image at that size from the full-resolution input (the
+reference's `--output_resolution`); by default it is the flow size.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from gangealing_jax.apps.points import forward_with_flip
 from gangealing_jax.models.stn import STN, STNConfig
 
 
-def run(config: STNConfig, batch: int, flips: bool, seconds: float, min_iters: int, seed: int):
+def run(
+    config: STNConfig, batch: int, flips: bool, seconds: float, min_iters: int, seed: int,
+    output_resolution: int | None = None,
+):  # fmt: skip
     stn = STN(config)
     key_init, key_images = jax.random.split(jax.random.PRNGKey(seed))
     size = config.supersize
@@ -29,12 +35,16 @@ def run(config: STNConfig, batch: int, flips: bool, seconds: float, min_iters: i
     if flips:
 
         def congeal(variables, images):
-            return forward_with_flip(stn, variables, images, padding_mode="border").image
+            return forward_with_flip(
+                stn, variables, images, padding_mode="border", output_resolution=output_resolution
+            ).image
 
     else:
 
         def congeal(variables, images):
-            return stn.apply(variables, images, padding_mode="border").image
+            return stn.apply(
+                variables, images, padding_mode="border", output_resolution=output_resolution
+            ).image
 
     per_call, compile_s, flops = time_compiled(
         congeal, (variables, images), min_seconds=seconds, min_iters=min_iters
@@ -44,6 +54,7 @@ def run(config: STNConfig, batch: int, flips: bool, seconds: float, min_iters: i
         "transforms": list(config.transforms),
         "flow_size": config.flow_size,
         "input_size": size,
+        "output_resolution": output_resolution or config.flow_size,
         "batch": batch,
         "flip_inference": flips,
         "images_per_s": batch / per_call,
@@ -60,6 +71,9 @@ def main():
     parser.add_argument("--batches", default=None, help="comma-separated (default 8,64; quick: 8)")
     parser.add_argument("--flow-size", type=int, default=128)
     parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument(
+        "--output-resolution", type=int, default=None, help="congealed image size (default: flow)"
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per case")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -73,7 +87,7 @@ def main():
     batches = args.batches or ("8" if args.quick else "8,64")
     for batch in (int(b) for b in batches.split(",")):
         for flips in (False, True):
-            emit(run(config, batch, flips, seconds, min_iters, args.seed))
+            emit(run(config, batch, flips, seconds, min_iters, args.seed, args.output_resolution))
 
 
 if __name__ == "__main__":

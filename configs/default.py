@@ -31,6 +31,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.batch = 40  # global batch per optimizer step (reference: 5 per GPU x 8 GPUs)
     c.grad_accum = 1  # micro-batches accumulated per step: batch/grad_accum images per forward
 
+    # Numerics of the conv nets (generator synthesis, STN trunks, VGG/LPIPS); see ops/precision.py.
+    # Parameters, optimizer state, EMA, sampling grids, warps, PCA and loss sums stay float32.
+    c.compute = ml_collections.ConfigDict()
+    c.compute.dtype = "float32"  # float32 | bfloat16: dtype of convolution/matmul inputs
+    c.compute.matmul_precision = (
+        "auto"  # auto (CPU: highest, else default) | highest | high | default
+    )
+    c.compute.kernels = "auto"  # auto (by backend) | cpu (im2col custom VJPs) | xla (plain lax)
+
     # GANgealing hyper-parameters.
     c.inject = 5  # W+ layers [0, inject) receive the congealing vector c
     c.ndirs = 1  # number of W-space PCA directions c may move along

@@ -26,6 +26,7 @@ import numpy as np
 
 from gangealing_jax.errors import ConfigError, InputFileError, MissingWeightsError
 from gangealing_jax.models.vgg import VGG16, VGGFeatures, conv_name, stages_from_params
+from gangealing_jax.ops.precision import FLOAT32, Policy
 
 # LPIPS v0.1 input scaling: (x - shift) / scale maps [-1, 1] images to ImageNet statistics.
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
@@ -97,22 +98,22 @@ def _unit_normalize(features):
     return features / (norm + _NORM_EPS)
 
 
-def _vgg_features(weights: PerceptualWeights, x, y, normalize: bool):
+def _vgg_features(weights: PerceptualWeights, x, y, normalize: bool, policy: Policy):
     """Features of x and y from one VGG pass over the concatenated batch."""
     _check_pair(x, y)
     if normalize:  # inputs in [0, 1]
         x, y = 2 * x - 1, 2 * y - 1
     both = jnp.concatenate([x, y], axis=0)  # (2N, H, W, 3)
     both = (both - weights.shift) / weights.scale
-    vgg = VGG16(stages=stages_from_params(weights.vgg))
+    vgg = VGG16(stages=stages_from_params(weights.vgg), policy=policy)
     features = vgg.apply({"params": weights.vgg}, both)
     n = x.shape[0]
     return [(f[:n], f[n:]) for f in features]
 
 
-def _layer_distances(weights, x, y, heads, normalize) -> LayerDistances:
+def _layer_distances(weights, x, y, heads, normalize, policy) -> LayerDistances:
     terms = []
-    for k, (fx, fy) in enumerate(_vgg_features(weights, x, y, normalize)):
+    for k, (fx, fy) in enumerate(_vgg_features(weights, x, y, normalize, policy)):
         diff = jnp.square(_unit_normalize(fx) - _unit_normalize(fy))  # (N, h, w, C)
         if heads is None:
             per_pixel = jnp.sum(diff, axis=-1)
@@ -123,22 +124,25 @@ def _layer_distances(weights, x, y, heads, normalize) -> LayerDistances:
 
 
 def lpips_layer_distances(
-    weights: PerceptualWeights, x, y, normalize: bool = False
+    weights: PerceptualWeights, x, y, normalize: bool = False, policy: Policy = FLOAT32
 ) -> LayerDistances:
-    """LPIPS terms per VGG tap: spatial mean of head(squared difference of unit features)."""
+    """LPIPS terms per VGG tap: spatial mean of head(squared difference of unit features).
+
+    The VGG convolutions follow `policy`; features are normalised and compared in float32.
+    """
     if weights.heads is None:
         raise ValueError("these weights have no LPIPS heads; convert them with --lpips-heads")
-    return _layer_distances(weights, x, y, weights.heads, normalize)
+    return _layer_distances(weights, x, y, weights.heads, normalize, policy)
 
 
-def lpips_distance(weights: PerceptualWeights, x, y, normalize: bool = False):
+def lpips_distance(weights: PerceptualWeights, x, y, normalize: bool = False, policy=FLOAT32):
     """LPIPS (VGG16, v0.1). x, y: (N, H, W, 3) in [-1, 1] ([0, 1] with normalize=True). -> (N,)."""
-    return sum(lpips_layer_distances(weights, x, y, normalize))
+    return sum(lpips_layer_distances(weights, x, y, normalize, policy))
 
 
-def vgg_ssl_distance(weights: PerceptualWeights, x, y, normalize: bool = False):
+def vgg_ssl_distance(weights: PerceptualWeights, x, y, normalize: bool = False, policy=FLOAT32):
     """Head-less LPIPS on a (SimCLR) VGG16, divided by 18 as the reference does. -> (N,)."""
-    return sum(_layer_distances(weights, x, y, None, normalize)) / VGG_SSL_DIVISOR
+    return sum(_layer_distances(weights, x, y, None, normalize, policy)) / VGG_SSL_DIVISOR
 
 
 def _box3(x):
@@ -280,14 +284,15 @@ def load_perceptual_weights(path: str | os.PathLike | None, loss_name: str) -> P
     return weights
 
 
-def get_perceptual_loss(config) -> Callable:
+def get_perceptual_loss(config, policy: Policy = FLOAT32) -> Callable:
     """The distance named by `config.loss.name`, as a pure callable (x, y) -> (N,).
 
     config.loss.name: 'lpips', 'vgg_ssl' or 'multiscale_structural'.
     config.loss.weights: path of a converted `.npz` bundle (lpips and vgg_ssl only).
     config.loss.num_scales, config.loss.standardize: optional, for 'multiscale_structural'
       (defaults 3 and False).
-    For the VGG losses the result is a `jax.tree_util.Partial` holding the weights (see module doc).
+    For the VGG losses the result is a `jax.tree_util.Partial` holding the weights (see module doc)
+    and `policy`, which the VGG convolutions follow (the weight-free loss has no convolutions).
     """
     loss_config = config.loss
     name = loss_config.name
@@ -300,4 +305,4 @@ def get_perceptual_loss(config) -> Callable:
         raise ConfigError(f"--config.loss.name={name}: unknown perceptual loss (known: {known})")
     weights = load_perceptual_weights(getattr(loss_config, "weights", None), name)
     distance = lpips_distance if name == "lpips" else vgg_ssl_distance
-    return jax.tree_util.Partial(distance, weights)
+    return jax.tree_util.Partial(distance, weights, policy=policy)

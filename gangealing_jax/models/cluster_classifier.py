@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from gangealing_jax.models.layers import DEFAULT_BLUR, ConvLayer, EqualLinear, ResBlock
 from gangealing_jax.models.stn import STNConfig, reference_stn_channels
 from gangealing_jax.ops.mipmap import bilinear_downsample
+from gangealing_jax.ops.precision import FLOAT32, Policy, widen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +85,7 @@ class ClusterClassifier(nn.Module):
     """NHWC images (N, S, S, C), S = size or a multiple of it -> logits (N, num_classes)."""
 
     config: ClassifierConfig
+    policy: Policy = FLOAT32  # logits and everything after them are float32
 
     @nn.compact
     def __call__(self, images):
@@ -95,13 +97,14 @@ class ClusterClassifier(nn.Module):
                 f"got {images.shape[1:3]}"
             )
         x = images if side == cfg.size else bilinear_downsample(images, side // cfg.size)
-        table, taps = cfg.channel_table, cfg.blur_kernel
-        x = ConvLayer(table[cfg.size], 1, blur_taps=taps, name="convs_0")(x)
+        table, taps, policy = cfg.channel_table, cfg.blur_kernel, self.policy
+        x = ConvLayer(table[cfg.size], 1, blur_taps=taps, policy=policy, name="convs_0")(x)
         for j, log_res in enumerate(range(int(math.log2(cfg.size)), 2, -1), start=1):
-            x = ResBlock(table[2 ** (log_res - 1)], blur_taps=taps, name=f"convs_{j}")(x)
-        x = ConvLayer(table[4], 3, blur_taps=taps, name="final_conv")(x)  # (N, 4, 4, C)
-        features = x.reshape(x.shape[0], -1)  # flattened in (h, w, c) order
-        return EqualLinear(cfg.num_classes, activate=True, name="to_logits")(features)
+            x = ResBlock(table[2 ** (log_res - 1)], True, taps, policy, name=f"convs_{j}")(x)
+        x = ConvLayer(table[4], 3, blur_taps=taps, policy=policy, name="final_conv")(x)
+        features = x.reshape(x.shape[0], -1)  # (N, 4*4*C), flattened in (h, w, c) order
+        logits = EqualLinear(cfg.num_classes, activate=True, policy=policy, name="to_logits")
+        return widen(logits(features))
 
 
 class Assignment(NamedTuple):

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from gangealing_jax.models.layers import DEFAULT_BLUR, ConvLayer, EqualLinear, ResBlock
 from gangealing_jax.models.stylegan2 import channel_table
+from gangealing_jax.ops.precision import FLOAT32, Policy, widen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,18 +45,20 @@ class Discriminator(nn.Module):
     """Image (N, size, size, 3) -> logit (N, 1)."""
 
     config: DiscriminatorConfig
+    policy: Policy = FLOAT32  # the minibatch stddev and the logit are float32
 
     @nn.compact
     def __call__(self, x):
         cfg = self.config
         chans = cfg.channels  # chans[i] belongs to resolution 2**(i+2)
-        x = ConvLayer(chans[-1], 1, blur_taps=cfg.blur_kernel, name="convs_0")(x)
+        taps, policy = cfg.blur_kernel, self.policy
+        x = ConvLayer(chans[-1], 1, blur_taps=taps, policy=policy, name="convs_0")(x)
         for i, idx in enumerate(range(len(chans) - 2, -1, -1), start=1):
-            x = ResBlock(chans[idx], blur_taps=cfg.blur_kernel, name=f"convs_{i}")(x)
-        x = minibatch_stddev(x, cfg.stddev_group)
-        x = ConvLayer(chans[0], 3, blur_taps=cfg.blur_kernel, name="final_conv")(x)
+            x = ResBlock(chans[idx], True, taps, policy, name=f"convs_{i}")(x)
+        x = minibatch_stddev(widen(x), cfg.stddev_group)
+        x = ConvLayer(chans[0], 3, blur_taps=taps, policy=policy, name="final_conv")(x)
         # Flatten in channel-major order, as the reference's NCHW view does, so that converted
         # final_linear weights apply unchanged.
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
-        x = EqualLinear(chans[0], activate=True, name="final_linear_0")(x)
-        return EqualLinear(1, name="final_linear_1")(x)
+        x = EqualLinear(chans[0], activate=True, policy=policy, name="final_linear_0")(x)
+        return widen(EqualLinear(1, policy=policy, name="final_linear_1")(x))

@@ -2,6 +2,8 @@
 
 Weights are stored unscaled (as the reference stores them) and scaled at run time, so converted
 checkpoints are used as they are. Initialisers follow the reference: N(0, 1) / lr_mul weights.
+Every layer's `policy` (ops/precision.py) sets the dtype, precision and kernels of its products;
+parameters stay float32.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 
 from gangealing_jax.ops.activations import LRELU_GAIN, LRELU_SLOPE, fused_leaky_relu
 from gangealing_jax.ops.conv import conv2d
+from gangealing_jax.ops.precision import FLOAT32, Policy
 from gangealing_jax.ops.upfirdn2d import blur, blur_pad_before_strided_conv
 
 DEFAULT_BLUR = (1, 3, 3, 1)
@@ -35,13 +38,15 @@ class EqualLinear(nn.Module):
     bias_init: float = 0.0
     lr_mul: float = 1.0
     activate: bool = False
+    policy: Policy = FLOAT32
 
     @nn.compact
     def __call__(self, x):
         in_dim = x.shape[-1]
         weight = self.param("weight", _normal_over(self.lr_mul), (in_dim, self.features))
         scale = self.lr_mul / math.sqrt(in_dim)
-        out = jnp.dot(x, weight * scale, precision=jax.lax.Precision.HIGHEST)
+        p = self.policy
+        out = jnp.dot(p.cast(x), p.cast(weight * scale), precision=p.precision)
         bias = None
         if self.use_bias:
             bias = (
@@ -61,13 +66,15 @@ class EqualConv2d(nn.Module):
     stride: int = 1
     padding: int = 0
     use_bias: bool = True
+    policy: Policy = FLOAT32
 
     @nn.compact
     def __call__(self, x):
         in_ch = x.shape[-1]
         k = self.kernel_size
         weight = self.param("weight", _normal_over(1.0), (k, k, in_ch, self.features))
-        out = conv2d(x, weight / math.sqrt(in_ch * k * k), stride=self.stride, padding=self.padding)
+        weight = weight / math.sqrt(in_ch * k * k)
+        out = conv2d(x, weight, stride=self.stride, padding=self.padding, policy=self.policy)
         if self.use_bias:
             out = out + self.param("bias", nn.initializers.zeros, (self.features,))
         return out
@@ -95,12 +102,13 @@ class ConvLayer(nn.Module):
     use_bias: bool = True
     activate: bool = True
     blur_taps: Sequence[float] = DEFAULT_BLUR
+    policy: Policy = FLOAT32
 
     @nn.compact
     def __call__(self, x):
         if self.downsample:
             pad = blur_pad_before_strided_conv(len(self.blur_taps), self.kernel_size)
-            x = blur(x, self.blur_taps, pad)
+            x = blur(x, self.blur_taps, pad, policy=self.policy)
             stride, padding = 2, 0
         else:
             stride, padding = 1, self.kernel_size // 2
@@ -110,6 +118,7 @@ class ConvLayer(nn.Module):
             stride=stride,
             padding=padding,
             use_bias=self.use_bias and not self.activate,
+            policy=self.policy,
             name="conv",
         )(x)
         if self.activate:
@@ -126,21 +135,25 @@ class ResBlock(nn.Module):
     features: int
     downsample: bool = True
     blur_taps: Sequence[float] = DEFAULT_BLUR
+    policy: Policy = FLOAT32
 
     @nn.compact
     def __call__(self, x):
         in_ch = x.shape[-1]
-        out = ConvLayer(in_ch, 3, blur_taps=self.blur_taps, name="conv1")(x)
+        taps, policy = self.blur_taps, self.policy
+        out = ConvLayer(in_ch, 3, blur_taps=taps, policy=policy, name="conv1")(x)
         out = ConvLayer(
-            self.features, 3, downsample=self.downsample, blur_taps=self.blur_taps, name="conv2"
-        )(out)
+            self.features, 3, downsample=self.downsample, blur_taps=taps, policy=policy,
+            name="conv2",
+        )(out)  # fmt: skip
         skip = ConvLayer(
             self.features,
             1,
             downsample=self.downsample,
             activate=False,
             use_bias=False,
-            blur_taps=self.blur_taps,
+            blur_taps=taps,
+            policy=policy,
             name="skip",
         )(x)
         return (out + skip) / math.sqrt(2.0)

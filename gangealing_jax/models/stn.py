@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from gangealing_jax.models.layers import DEFAULT_BLUR, ConvLayer, EqualLinear, ResBlock
 from gangealing_jax.models.stn_heads import FlowHead, HeadOutput, SimilarityHead
 from gangealing_jax.ops.mipmap import DEFAULT_MAX_LEVELS, bilinear_downsample
+from gangealing_jax.ops.precision import FLOAT32, Policy
 from gangealing_jax.ops.sampling import PADDING_MODES, disk_vignette
 
 TRANSFORMS = ("similarity", "flow")
@@ -152,6 +153,7 @@ class SpatialTransformer(nn.Module):
 
     config: STNConfig
     transform: str
+    policy: Policy = FLOAT32  # the trunk's and the flow head's convolutions
 
     def regression_input(self, images):
         size = self.config.flow_size
@@ -193,16 +195,19 @@ class SpatialTransformer(nn.Module):
         mirror_average = mirror_average and self.transform == "similarity"
         if mirror_average:  # one trunk pass over the images and their mirrors
             x = jnp.concatenate([x, jnp.flip(x, axis=2)], axis=0)
-        x = ConvLayer(plan.stem, 1, blur_taps=taps, name="convs_0")(x)
+        policy = self.policy
+        x = ConvLayer(plan.stem, 1, blur_taps=taps, policy=policy, name="convs_0")(x)
         for j, (features, downsample) in enumerate(plan.blocks, start=1):
-            x = ResBlock(features, downsample, blur_taps=taps, name=f"convs_{j}")(x)
-        x = ConvLayer(plan.final, 3, blur_taps=taps, name="final_conv")(x)
+            x = ResBlock(features, downsample, taps, policy, name=f"convs_{j}")(x)
+        x = ConvLayer(plan.final, 3, blur_taps=taps, policy=policy, name="final_conv")(x)
         warp_args = dict(heads=heads, base_warp=base_warp, alpha=alpha, padding_mode=padding_mode)
         if self.transform == "similarity":
             if x.shape[1:3] != (4, 4):
                 raise ValueError(f"similarity trunk must end at 4x4, got {x.shape[1:3]}")
             features = x.reshape(x.shape[0], -1)  # (N, 4*4*C), flattened in (h, w, c) order
-            features = EqualLinear(plan.final, activate=True, name="final_linear")(features)
+            features = EqualLinear(plan.final, activate=True, policy=policy, name="final_linear")(
+                features
+            )
             head = SimilarityHead(
                 cfg.num_heads, cfg.antialias, cfg.max_mipmap_levels, name="warp_head"
             )
@@ -218,6 +223,7 @@ class SpatialTransformer(nn.Module):
             cfg.flow_downsample,
             cfg.antialias,
             cfg.max_mipmap_levels,
+            policy=policy,
             name="warp_head",
         )
         return head(source, x, output_size=output_size, **warp_args)
@@ -252,12 +258,19 @@ def unfold_heads(output: STNOutput, num_heads: int) -> STNOutput:
 
 
 class STN(nn.Module):
-    """Spatial transformer of any stage sequence (reference SpatialTransformer / ComposedSTN)."""
+    """Spatial transformer of any stage sequence (reference SpatialTransformer / ComposedSTN).
+
+    `policy` sets the numerics of the trunks and flow heads; the similarity regression, warps,
+    grids and sampling are float32 at full precision whatever it says.
+    """
 
     config: STNConfig
+    policy: Policy = FLOAT32
 
     def setup(self):
-        self.stns = [SpatialTransformer(self.config, t) for t in self.config.transforms]
+        self.stns = [
+            SpatialTransformer(self.config, t, self.policy) for t in self.config.transforms
+        ]
 
     def __call__(
         self,

@@ -8,6 +8,7 @@ one head per image.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -19,6 +20,7 @@ from gangealing_jax.models.layers import EqualConv2d
 from gangealing_jax.ops.conv import conv2d
 from gangealing_jax.ops.flow import convex_upsample
 from gangealing_jax.ops.mipmap import DEFAULT_MAX_LEVELS, mipmap_warp
+from gangealing_jax.ops.precision import FLOAT32, Policy, widen
 from gangealing_jax.ops.sampling import (
     affine_grid,
     apply_affine,
@@ -67,17 +69,22 @@ class ZeroInitEqualConv2d(nn.Module):
     features: int
     kernel_size: int
     padding: int = 0
+    policy: Policy = FLOAT32
 
     @nn.compact
     def __call__(self, x):
         in_ch, k = x.shape[-1], self.kernel_size
         weight = self.param("weight", nn.initializers.zeros, (k, k, in_ch, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return conv2d(x, weight / math.sqrt(in_ch * k * k), padding=self.padding) + bias
+        weight = weight / math.sqrt(in_ch * k * k)
+        return conv2d(x, weight, padding=self.padding, policy=self.policy) + bias
 
 
 class SimilarityHead(nn.Module):
-    """Rotation, uniform scale and shift from (N, D) features; samples with an affine grid."""
+    """Rotation, uniform scale and shift from (N, D) features; samples with an affine grid.
+
+    Always float32 at full precision: its four numbers per image become the affine warp.
+    """
 
     num_heads: int = 1
     antialias: bool = True
@@ -138,6 +145,7 @@ class FlowHead(nn.Module):
     flow_downsample: int = 8
     antialias: bool = True
     max_mipmap_levels: float = DEFAULT_MAX_LEVELS
+    policy: Policy = FLOAT32  # of the four convolutions; the flow and the grid stay float32
 
     @nn.compact
     def __call__(
@@ -155,10 +163,13 @@ class FlowHead(nn.Module):
         otherwise the sampling grid (not the pixels) is bilinearly resized to output_size."""
         k, f = self.num_heads, self.flow_downsample
         n, h, w, channels = features.shape
-        hidden = nn.relu(EqualConv2d(channels, 3, padding=1, name="flow_out_0")(features))
-        coarse = ZeroInitEqualConv2d(2 * k, 3, padding=1, name="flow_out_2")(hidden)
-        hidden = nn.relu(EqualConv2d(channels, 3, padding=1, name="mask_out_0")(features))
-        mask = EqualConv2d(9 * f * f * k, 3, padding=1, name="mask_out_2")(hidden)
+        conv = functools.partial(EqualConv2d, kernel_size=3, padding=1, policy=self.policy)
+        hidden = nn.relu(conv(channels, name="flow_out_0")(features))
+        coarse = ZeroInitEqualConv2d(2 * k, 3, 1, self.policy, name="flow_out_2")(hidden)
+        hidden = nn.relu(conv(channels, name="mask_out_0")(features))
+        mask = conv(9 * f * f * k, name="mask_out_2")(hidden)
+        # The convex-upsampling weights (a softmax) and the flow are float32.
+        coarse, mask = widen(coarse), widen(mask)
         coarse = coarse.reshape(n, h, w, k, 2)
         mask = mask.reshape(n, h, w, k, 9 * f * f)
         if heads is None:

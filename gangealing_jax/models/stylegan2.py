@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from gangealing_jax.models.layers import DEFAULT_BLUR, EqualLinear, FusedLeakyReLU
 from gangealing_jax.ops.activations import pixel_norm
 from gangealing_jax.ops.conv import modulated_conv2d
+from gangealing_jax.ops.precision import FLOAT32, Policy
 from gangealing_jax.ops.upfirdn2d import upsample2d
 
 REFERENCE_CHANNELS = {
@@ -131,12 +132,13 @@ class ModulatedConv(nn.Module):
     demodulate: bool = True
     upsample: bool = False
     blur_kernel: Sequence[int] = DEFAULT_BLUR
+    policy: Policy = FLOAT32
 
     @nn.compact
     def __call__(self, x, w):
         in_ch = x.shape[-1]
         k = self.kernel_size
-        styles = EqualLinear(in_ch, bias_init=1.0, name="modulation")(w)  # (N, Cin)
+        styles = EqualLinear(in_ch, bias_init=1.0, policy=self.policy, name="modulation")(w)
         weight = self.param(
             "weight", nn.initializers.normal(1.0), (k, k, in_ch, self.features)
         ) / math.sqrt(in_ch * k * k)
@@ -147,6 +149,7 @@ class ModulatedConv(nn.Module):
             demodulate=self.demodulate,
             upsample=self.upsample,
             blur_taps=self.blur_kernel,
+            policy=self.policy,
         )
 
 
@@ -154,12 +157,14 @@ class StyledConv(nn.Module):
     features: int
     upsample: bool = False
     blur_kernel: Sequence[int] = DEFAULT_BLUR
+    policy: Policy = FLOAT32
 
     @nn.compact
     def __call__(self, x, w, noise):
         x = ModulatedConv(
-            self.features, 3, upsample=self.upsample, blur_kernel=self.blur_kernel, name="conv"
-        )(x, w)
+            self.features, 3, upsample=self.upsample, blur_kernel=self.blur_kernel,
+            policy=self.policy, name="conv",
+        )(x, w)  # fmt: skip
         strength = self.param("noise_strength", nn.initializers.zeros, (1,))
         x = x + strength * noise
         return FusedLeakyReLU(name="activate")(x)
@@ -167,20 +172,26 @@ class StyledConv(nn.Module):
 
 class ToRGB(nn.Module):
     blur_kernel: Sequence[int] = DEFAULT_BLUR
+    policy: Policy = FLOAT32
 
     @nn.compact
     def __call__(self, x, w, skip=None):
-        out = ModulatedConv(3, 1, demodulate=False, name="conv")(x, w)
+        out = ModulatedConv(3, 1, demodulate=False, policy=self.policy, name="conv")(x, w)
         out = out + self.param("bias", nn.initializers.zeros, (3,))
         if skip is not None:
-            out = out + upsample2d(skip, self.blur_kernel)
+            out = out + upsample2d(skip, self.blur_kernel, policy=self.policy)
         return out
 
 
 class Generator(nn.Module):
-    """StyleGAN2 generator. Parameter names mirror the reference modules (see convert/stylegan2)."""
+    """StyleGAN2 generator. Parameter names mirror the reference modules (see convert/stylegan2).
+
+    `policy` sets the synthesis network's numerics; the mapping network (z -> w, where PCA, the
+    truncation centre and the congealing vector live) always runs in float32 at full precision.
+    """
 
     config: GeneratorConfig
+    policy: Policy = FLOAT32
 
     @property
     def n_latent(self) -> int:
@@ -193,13 +204,14 @@ class Generator(nn.Module):
             for i in range(cfg.n_mlp)
         ]
         self.const = self.param("const", nn.initializers.normal(1.0), (1, 4, 4, cfg.channels[0]))
-        self.conv1 = StyledConv(cfg.channels[0], blur_kernel=cfg.blur_kernel)
-        self.to_rgb1 = ToRGB(cfg.blur_kernel)
+        taps, policy = cfg.blur_kernel, self.policy
+        self.conv1 = StyledConv(cfg.channels[0], blur_kernel=taps, policy=policy)
+        self.to_rgb1 = ToRGB(taps, policy=policy)
         convs, to_rgbs = [], []
         for ch in cfg.channels[1:]:
-            convs.append(StyledConv(ch, upsample=True, blur_kernel=cfg.blur_kernel))
-            convs.append(StyledConv(ch, blur_kernel=cfg.blur_kernel))
-            to_rgbs.append(ToRGB(cfg.blur_kernel))
+            convs.append(StyledConv(ch, upsample=True, blur_kernel=taps, policy=policy))
+            convs.append(StyledConv(ch, blur_kernel=taps, policy=policy))
+            to_rgbs.append(ToRGB(taps, policy=policy))
         self.convs = convs
         self.to_rgbs = to_rgbs
         self.noise_buffers = [

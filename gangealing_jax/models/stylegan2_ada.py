@@ -281,10 +281,14 @@ def spec_from_dict(cls, d: dict, nested=None):
     return cls(**{k: value(k, v) for k, v in d.items() if k in names})
 
 
-def make_generator(config):
-    """The generator module for a config: AdaGenerator or models/stylegan2.Generator."""
+def make_generator(config, policy=None):
+    """The generator module for a config: AdaGenerator or models/stylegan2.Generator.
+
+    policy: the numerics policy of models/stylegan2.Generator (None: its default); NVIDIA's
+    generator runs float32 at full precision.
+    """
     if isinstance(config, AdaGeneratorConfig):
         return AdaGenerator(config)
     from gangealing_jax.models.stylegan2 import Generator
 
-    return Generator(config)
+    return Generator(config) if policy is None else Generator(config, policy=policy)

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 
+from gangealing_jax.ops.precision import FLOAT32, Policy, widen
+
 # Output widths of the convs in each stage of VGG16.
 VGG16_STAGES: tuple[tuple[int, ...], ...] = (
     (64, 64),
@@ -63,10 +65,13 @@ def stages_from_params(params: Mapping) -> tuple[tuple[int, ...], ...]:
 
 
 class VGG16(nn.Module):
-    """VGG16 feature trunk; `stages` gives the conv widths per stage (five stages)."""
+    """VGG16 feature trunk; `stages` gives the conv widths per stage (five stages).
+
+    The convolutions follow `policy` (parameters stay float32); the taps are float32.
+    """
 
     stages: Sequence[Sequence[int]] = VGG16_STAGES
-    precision: jax.lax.Precision | None = jax.lax.Precision.HIGHEST
+    policy: Policy = FLOAT32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> VGGFeatures:
@@ -83,10 +88,11 @@ class VGG16(nn.Module):
                     width,
                     (3, 3),
                     padding=((1, 1), (1, 1)),
-                    precision=self.precision,
+                    precision=self.policy.precision,
+                    dtype=self.policy.compute_dtype,
                     kernel_init=_KAIMING_FAN_OUT,
                     name=conv_name(stage, index),
                 )(x)
                 x = nn.relu(x)
-            taps.append(x)
+            taps.append(widen(x))
         return VGGFeatures(*taps)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from gangealing_jax.ops.precision import FLOAT32, Policy
 from gangealing_jax.ops.upfirdn2d import (
     blur,
     blur_pad_after_transposed_conv,
@@ -18,7 +19,7 @@ from gangealing_jax.ops.upfirdn2d import (
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
-def _lax_conv(x, weight, stride: int, padding: int, groups: int = 1):
+def _lax_conv(x, weight, stride: int, padding: int, precision, groups: int = 1):
     return lax.conv_general_dilated(
         x,
         weight,
@@ -26,26 +27,43 @@ def _lax_conv(x, weight, stride: int, padding: int, groups: int = 1):
         padding=[(padding, padding), (padding, padding)],
         dimension_numbers=_DIMS,
         feature_group_count=groups,
-        precision=lax.Precision.HIGHEST,
+        precision=precision,
     )
 
 
-def conv2d(x, weight, *, stride: int = 1, padding: int = 0, groups: int = 1):
-    """Cross-correlation as torch's conv2d does it. x: (N, H, W, Cin); weight: (k, k, Cin/g, Cout)."""
-    if groups != 1 or stride not in (1, 2):
-        return _lax_conv(x, weight, stride, padding, groups)
-    return _conv2d(x, weight, stride, padding)
+def conv2d(x, weight, *, stride: int = 1, padding: int = 0, groups: int = 1, policy=FLOAT32):
+    """Cross-correlation as torch's conv2d does it. x: (N, H, W, Cin); weight: (k, k, Cin/g, Cout).
+
+    Computed in `policy`'s dtype and precision, with its kernels (see ops/precision.py).
+    """
+    x, weight = policy.cast(x), policy.cast(weight)
+    if not policy.cpu_kernels or groups != 1 or stride not in (1, 2):
+        return _lax_conv(x, weight, stride, padding, policy.precision, groups)
+    return _conv2d(x, weight, stride, padding, policy.precision)
 
 
-def conv_transpose2d_stride2(x, weight):
+def conv_transpose2d_stride2(x, weight, *, policy: Policy = FLOAT32):
     """torch conv_transpose2d(stride=2, padding=0). weight: (k, k, Cin, Cout) -> (N, 2H+k-2, ...)."""
-    return _conv_transpose2d_stride2(x, weight)
+    x, weight = policy.cast(x), policy.cast(weight)
+    if policy.cpu_kernels:
+        return _conv_transpose2d_stride2(x, weight, policy.precision)
+    k = weight.shape[0]
+    # The textbook form: correlate the 2x zero-dilated input with the flipped kernel.
+    return lax.conv_general_dilated(
+        x,
+        jnp.flip(weight, (0, 1)),
+        window_strides=(1, 1),
+        padding=[(k - 1, k - 1), (k - 1, k - 1)],
+        lhs_dilation=(2, 2),
+        dimension_numbers=_DIMS,
+        precision=policy.precision,
+    )
 
 
-# Both convolutions carry their own gradients: XLA's CPU backward-filter convolution is several
-# times slower than one matrix product over im2col patches, and the transposed convolution's
-# lhs-dilated form multiplies mostly inserted zeros. The backward passes are written with these
-# same differentiable ops, so second-order gradients (R1, path length) still work.
+# The CPU kernels. Both convolutions carry their own gradients: XLA's CPU backward-filter
+# convolution is several times slower than one matrix product over im2col patches, and the
+# transposed convolution's lhs-dilated form multiplies mostly inserted zeros. The backward passes
+# are written with these same differentiable ops, so second-order gradients (R1, path length) work.
 
 
 def _patches(x, k: int, stride: int, out_h: int, out_w: int):
@@ -58,35 +76,33 @@ def _patches(x, k: int, stride: int, out_h: int, out_w: int):
     return jnp.stack(windows, axis=3)
 
 
-def _contract_batch_and_space(a, b):
+def _contract_batch_and_space(a, b, precision):
     """sum over (N, H, W) of a (N, H, W, ...A) and b (N, H, W, ...B) -> (...A, ...B)."""
-    return lax.dot_general(
-        a, b, (((0, 1, 2), (0, 1, 2)), ((), ())), precision=lax.Precision.HIGHEST
-    )
+    return lax.dot_general(a, b, (((0, 1, 2), (0, 1, 2)), ((), ())), precision=precision)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv2d(x, weight, stride: int, padding: int):
-    return _lax_conv(x, weight, stride, padding)
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv2d(x, weight, stride: int, padding: int, precision):
+    return _lax_conv(x, weight, stride, padding, precision)
 
 
-def _conv2d_fwd(x, weight, stride, padding):
-    return _conv2d(x, weight, stride, padding), (x, weight)
+def _conv2d_fwd(x, weight, stride, padding, precision):
+    return _conv2d(x, weight, stride, padding, precision), (x, weight)
 
 
-def _conv2d_bwd(stride, padding, residuals, grad):
+def _conv2d_bwd(stride, padding, precision, residuals, grad):
     x, weight = residuals
     k, _, cin, cout = weight.shape
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     out_h, out_w = grad.shape[1:3]
     patches = _patches(padded, k, stride, out_h, out_w)  # (N, h, w, k*k, Cin)
-    grad_weight = _contract_batch_and_space(patches, grad).reshape(k, k, cin, cout)
+    grad_weight = _contract_batch_and_space(patches, grad, precision).reshape(k, k, cin, cout)
     # The input gradient is the transposed convolution of grad, taken over the padded input.
     transposed = jnp.swapaxes(weight, 2, 3)
     if stride == 1:
-        grad_padded = _conv2d(grad, jnp.flip(transposed, (0, 1)), 1, k - 1)
+        grad_padded = _conv2d(grad, jnp.flip(transposed, (0, 1)), 1, k - 1, precision)
     else:
-        grad_padded = _conv_transpose2d_stride2(grad, transposed)
+        grad_padded = _conv_transpose2d_stride2(grad, transposed, precision)
     # Rows/columns the strided windows never reached get no gradient.
     extra_h = padded.shape[1] - grad_padded.shape[1]
     extra_w = padded.shape[2] - grad_padded.shape[2]
@@ -114,30 +130,30 @@ def _phase_kernel(weight):
     return phases.transpose(0, 2, 4, 1, 3, 5).reshape(taps, taps, cin, 4 * cout)
 
 
-@jax.custom_vjp
-def _conv_transpose2d_stride2(x, weight):
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_transpose2d_stride2(x, weight, precision):
     k, cout = weight.shape[0], weight.shape[3]
     n, h, w = x.shape[:3]
     taps = (k + 1) // 2
-    out = _lax_conv(x, _phase_kernel(weight), 1, taps - 1)  # (N, h+taps-1, w+taps-1, 4*cout)
+    out = _lax_conv(x, _phase_kernel(weight), 1, taps - 1, precision)  # (N, h+t-1, w+t-1, 4*co)
     rows, cols = out.shape[1:3]
     out = out.reshape(n, rows, cols, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5)
     out = out.reshape(n, 2 * rows, 2 * cols, cout)
     return out[:, : 2 * h + k - 2, : 2 * w + k - 2]
 
 
-def _conv_transpose_fwd(x, weight):
-    return _conv_transpose2d_stride2(x, weight), (x, weight)
+def _conv_transpose_fwd(x, weight, precision):
+    return _conv_transpose2d_stride2(x, weight, precision), (x, weight)
 
 
-def _conv_transpose_bwd(residuals, grad):
+def _conv_transpose_bwd(precision, residuals, grad):
     x, weight = residuals
     k = weight.shape[0]
     h, w = x.shape[1:3]
-    grad_x = _conv2d(grad, jnp.swapaxes(weight, 2, 3), 2, 0)
+    grad_x = _conv2d(grad, jnp.swapaxes(weight, 2, 3), 2, 0, precision)
     # weight[i, j, c, o] sees grad at (2a + i, 2b + j) times x[a, b, c].
     windows = _patches(grad, k, 2, h, w)  # (N, h, w, k*k, Cout)
-    grad_weight = _contract_batch_and_space(x, windows)  # (Cin, k*k, Cout)
+    grad_weight = _contract_batch_and_space(x, windows, precision)  # (Cin, k*k, Cout)
     grad_weight = grad_weight.reshape(x.shape[3], k, k, -1).transpose(1, 2, 0, 3)
     return grad_x, grad_weight
 
@@ -154,27 +170,29 @@ def modulated_conv2d(
     upsample: bool = False,
     downsample: bool = False,
     blur_taps: Sequence[float] = (1, 3, 3, 1),
+    policy: Policy = FLOAT32,
 ) -> jnp.ndarray:
     """StyleGAN2 modulated convolution.
 
     x: (N, H, W, Cin); weight: (k, k, Cin, Cout) already scaled by 1/sqrt(fan_in); styles: (N, Cin).
     The modulation is applied to the activations and the demodulation to the outputs, which equals the
     per-sample weight form up to float rounding and keeps one shared weight (a plain, fast conv).
+    The convolution follows `policy`; the demodulation factors are computed in float32.
     """
     k = weight.shape[0]
     x = x * styles[:, None, None, :].astype(x.dtype)
     if upsample:
-        out = conv_transpose2d_stride2(x, weight)
+        out = conv_transpose2d_stride2(x, weight, policy=policy)
     elif downsample:
-        x = blur(x, blur_taps, blur_pad_before_strided_conv(len(blur_taps), k))
-        out = conv2d(x, weight, stride=2)
+        x = blur(x, blur_taps, blur_pad_before_strided_conv(len(blur_taps), k), policy=policy)
+        out = conv2d(x, weight, stride=2, policy=policy)
     else:
-        out = conv2d(x, weight, padding=k // 2)
+        out = conv2d(x, weight, padding=k // 2, policy=policy)
     if demodulate:
         # sum over (k, k, Cin) of (w * s)^2, per sample and output channel: (N, Cout)
         sq = jnp.einsum("hwio,ni->no", jnp.square(weight), jnp.square(styles))
         out = out * lax.rsqrt(sq + 1e-8)[:, None, None, :].astype(out.dtype)
     if upsample:
         pad = blur_pad_after_transposed_conv(len(blur_taps), k)
-        out = blur(out, blur_taps, pad, gain=4.0)
+        out = blur(out, blur_taps, pad, gain=4.0, policy=policy)
     return out

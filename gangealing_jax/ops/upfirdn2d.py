@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from gangealing_jax.ops.precision import FLOAT32, Policy
+
 Pad = tuple[int, int]
 
 
@@ -31,13 +33,17 @@ def upfirdn2d(
     up: int | tuple[int, int] = 1,
     down: int | tuple[int, int] = 1,
     pad: Pad | tuple[int, int, int, int] = (0, 0),
+    *,
+    policy: Policy = FLOAT32,
 ) -> jnp.ndarray:
     """x: (N, H, W, C); kernel: (kh, kw). `up`/`down` as int or (y, x).
 
     `pad` is (p0, p1) applied to both axes, or (pad_x0, pad_x1, pad_y0, pad_y1) per axis.
     A concrete (NumPy) kernel is applied as weighted shifted slices, separably when it is an outer
     product: on CPU this is an order of magnitude faster than a depthwise convolution, forward and
-    backward, and it differentiates to any order. A traced kernel takes the depthwise-conv path.
+    backward, and it differentiates to any order. A traced kernel, and every kernel under a policy
+    whose kernels are not the CPU's, takes the depthwise-conv path (one fused native op on GPU/TPU).
+    The filter runs in x's dtype.
     """
     up_y, up_x = (up, up) if isinstance(up, int) else up
     down_y, down_x = (down, down) if isinstance(down, int) else down
@@ -57,8 +63,8 @@ def upfirdn2d(
             (0, 0, 0),
         ],
     )
-    if isinstance(kernel, jax.core.Tracer):
-        return _depthwise_fir(x, kernel, down_y, down_x)
+    if isinstance(kernel, jax.core.Tracer) or not policy.cpu_kernels:
+        return _depthwise_fir(x, kernel, down_y, down_x, policy.precision)
     # True convolution = cross-correlation with the flipped kernel.
     flipped = np.flip(np.asarray(kernel, np.float64), (0, 1))
     factors = _separable_factors(flipped)
@@ -104,7 +110,7 @@ def _correlate_taps(x: jnp.ndarray, taps: np.ndarray, stride_y: int, stride_x: i
     return out
 
 
-def _depthwise_fir(x: jnp.ndarray, kernel, stride_y: int, stride_x: int) -> jnp.ndarray:
+def _depthwise_fir(x: jnp.ndarray, kernel, stride_y: int, stride_x: int, precision) -> jnp.ndarray:
     channels = x.shape[-1]
     w = jnp.flip(jnp.asarray(kernel, x.dtype), (0, 1))[:, :, None, None]
     w = jnp.tile(w, (1, 1, 1, channels))  # (kh, kw, 1, C)
@@ -115,7 +121,7 @@ def _depthwise_fir(x: jnp.ndarray, kernel, stride_y: int, stride_x: int) -> jnp.
         padding="VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=channels,
-        precision=lax.Precision.HIGHEST,
+        precision=precision,
     )
 
 
@@ -143,15 +149,17 @@ def blur_pad_before_strided_conv(kernel_size: int, conv_size: int, factor: int =
     return ((p + 1) // 2, p // 2)
 
 
-def upsample2d(x: jnp.ndarray, taps: Sequence[float], factor: int = 2) -> jnp.ndarray:
+def upsample2d(x, taps: Sequence[float], factor: int = 2, *, policy: Policy = FLOAT32):
     kernel = make_kernel(taps) * factor**2
-    return upfirdn2d(x, kernel, up=factor, pad=upsample_pad(kernel.shape[0], factor))
+    pad = upsample_pad(kernel.shape[0], factor)
+    return upfirdn2d(x, kernel, up=factor, pad=pad, policy=policy)
 
 
-def downsample2d(x: jnp.ndarray, taps: Sequence[float], factor: int = 2) -> jnp.ndarray:
+def downsample2d(x, taps: Sequence[float], factor: int = 2, *, policy: Policy = FLOAT32):
     kernel = make_kernel(taps)
-    return upfirdn2d(x, kernel, down=factor, pad=downsample_pad(kernel.shape[0], factor))
+    pad = downsample_pad(kernel.shape[0], factor)
+    return upfirdn2d(x, kernel, down=factor, pad=pad, policy=policy)
 
 
-def blur(x: jnp.ndarray, taps: Sequence[float], pad: Pad, gain: float = 1.0) -> jnp.ndarray:
-    return upfirdn2d(x, make_kernel(taps) * gain, pad=pad)
+def blur(x, taps: Sequence[float], pad: Pad, gain: float = 1.0, *, policy: Policy = FLOAT32):
+    return upfirdn2d(x, make_kernel(taps) * gain, pad=pad, policy=policy)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from gangealing_jax.errors import ConfigError, InputFileError
 from gangealing_jax.losses.perceptual import WEIGHT_FREE_LOSSES, WEIGHTED_LOSSES, require_weights
 from gangealing_jax.models.stn import TRANSFORMS
+from gangealing_jax.ops import precision
 from gangealing_jax.ops.sampling import PADDING_MODES
 from gangealing_jax.training.schedules import PSI_ANNEALING
 
@@ -110,6 +111,9 @@ def check_gangealing_config(config, device_count: int | None = None) -> None:
     batch = c.positive_int("batch", 40)
     accum = c.positive_int("grad_accum", 1)
     c.divisible("batch", batch, accum, "--config.grad_accum")
+    c.choice("compute.dtype", tuple(precision.DTYPES))
+    c.choice("compute.matmul_precision", ("auto", *precision.PRECISIONS))
+    c.choice("compute.kernels", precision.KERNELS)
     c.positive_int("inject", 5)
     ndirs = c.positive_int("ndirs", 1)
     c.number("num_pca_samples", low=max(ndirs, 2), integer=True, example=100_000)

@@ -21,6 +21,7 @@ from gangealing_jax.losses.perceptual import get_perceptual_loss
 from gangealing_jax.models.stn import STN, STNConfig
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
 from gangealing_jax.models.stylegan2_ada import AdaGeneratorConfig, make_generator
+from gangealing_jax.ops.precision import Policy
 from gangealing_jax.training.augment import PoseAugmentation
 from gangealing_jax.training.gangealing_step import (
     OptimizerSettings,
@@ -95,6 +96,17 @@ def tracked_mean_w(gconfig, gvars):
     if isinstance(gconfig, AdaGeneratorConfig):
         return np.asarray(gvars["buffers"]["w_avg"])
     return None
+
+
+def compute_policy(config) -> Policy:
+    """The `compute` fields as a Policy (configs written before they existed: the defaults)."""
+    compute = config.get("compute") or {}
+    fields = {k: str(compute[k]) for k in ("dtype", "matmul_precision", "kernels") if k in compute}
+    fields.setdefault("matmul_precision", "auto")
+    try:
+        return Policy(**fields)
+    except ValueError as e:
+        raise ConfigError(f"--config.compute.{e}") from None
 
 
 def stn_config(config) -> STNConfig:
@@ -218,15 +230,16 @@ def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = No
     resumed run reuses them instead of recomputing."""
     g_key, stn_key, pca_key, run_key = jax.random.split(key, 4)
     gconfig, gvars = load_frozen_generator(config.generator, g_key)
-    generator = make_generator(gconfig)
     check_trainable_generator(gconfig, config.generator.checkpoint)
+    policy = compute_policy(config)
+    generator = make_generator(gconfig, policy=policy)
     if config.inject > gconfig.n_latent:
         raise ConfigError(
             f"--config.inject={config.inject}: the generator has only {gconfig.n_latent} W+ "
             f"layers; use at most {gconfig.n_latent}"
         )
-    stn = STN(stn_config(config))
-    distance = get_perceptual_loss(config)
+    stn = STN(stn_config(config), policy=policy)
+    distance = get_perceptual_loss(config, policy)
     flow = config.stn.flow_size
     stn_vars = jax.jit(stn.init)(stn_key, jnp.zeros((1, flow, flow, 3)))
     cache_key = congealing_cache_key(config, gvars) if congealing_cache is not None else None

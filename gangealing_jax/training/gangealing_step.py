@@ -2,8 +2,9 @@
 
 One optax optimizer updates one pytree `{'stn': ..., 'congealing': ...}`: Adam(0.9, 0.999, 1e-8)
 with separate learning rates, both held while psi anneals and then following decaying cosine warm
-restarts. Gradient accumulation runs inside the step (a scan over micro-batches), so one call is
-one reference iteration: schedules, EMA and checkpoints count iterations, whatever the device memory.
+restarts. Gradient accumulation runs inside the step (a loop, or a scan for many micro-batches),
+so one call is one reference iteration: schedules, EMA and checkpoints count iterations, whatever
+the device memory.
 """
 
 from __future__ import annotations
@@ -101,13 +102,32 @@ def init_state(params: dict, optimizer: optax.GradientTransformation, rng: jax.A
     )
 
 
+# Up to this many micro-batches are accumulated by an unrolled Python loop, beyond it by a scan.
+# Inside a scan body XLA:CPU picks slower layouts for the LPIPS input-gradient convolutions (the
+# step took 1.5x as long even at grad_accum=1); unrolling costs compile time linear in the count.
+LOOP_MAX_MICRO_BATCHES = 8
+
+_METRIC_NAMES = (
+    "loss",
+    "perceptual",
+    "tv",
+    "identity",
+    "equivariance",
+    "symmetry",
+    "mirror",
+    "zoom_out",
+)
+
+
 def _per_device_gradients(
-    params, frozen, distance, z, noise, psi, augment, *, objective, axis_name: str | None
-):
+    params, frozen, distance, z, noise, psi, augment, *, objective, axis_name: str | None,
+    loop_max: int = LOOP_MAX_MICRO_BATCHES,
+):  # fmt: skip
     """Mean gradients and metrics over the micro-batches (and devices, when `axis_name` is set).
 
     z: (accum, micro, D); noise: GeneratorNoise whose arrays lead with (accum, rows, ...);
-    augment: None or (accum, micro, 2, 3) poses applied to G(w).
+    augment: None or (accum, micro, 2, 3) poses applied to G(w). `loop_max`: the largest
+    accumulation count unrolled (see LOOP_MAX_MICRO_BATCHES); both forms give the same result.
     """
     accum = z.shape[0]
 
@@ -117,38 +137,63 @@ def _per_device_gradients(
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def accumulate(carry, inputs):
-        grads_sum, metrics_sum = carry
+    def micro_step(inputs):
         (_, terms), grads = grad_fn(params, *inputs)
         metrics = {
-            "loss": terms.total,
-            "perceptual": terms.perceptual,
-            "tv": terms.tv,
-            "identity": terms.identity,
-            "equivariance": terms.equivariance,
-            "symmetry": terms.symmetry,
-            "mirror": terms.mirror,
-            "zoom_out": terms.zoom_out,
-            # Read by the collapse monitor, of the unmirrored rows (image, head), as many as targets.
-            **warp_statistics(
+            name: getattr(terms, "total" if name == "loss" else name) for name in _METRIC_NAMES
+        }
+        # Read by the collapse monitor, of the unmirrored rows (image, head), as many as targets.
+        metrics.update(
+            warp_statistics(
                 terms.grid[: terms.target.shape[0]],
                 terms.aligned_pred[: terms.target.shape[0]],
                 resize_to_flow(terms.unaligned, terms.aligned_pred.shape[1]),
-            ),
-        }
-        return (
-            jax.tree.map(jnp.add, grads_sum, grads),
-            jax.tree.map(jnp.add, metrics_sum, metrics),
-        ), None
+            )
+        )
+        return grads, metrics
 
-    names = ("loss", "perceptual", "tv", "identity", "equivariance", "symmetry", "mirror")
-    zero_metrics = {k: jnp.zeros(()) for k in names + ("zoom_out",) + COLLAPSE_KEYS}
-    zero_grads = jax.tree.map(jnp.zeros_like, params)
-    (grads, metrics), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), (z, noise, augment))
-    grads, metrics = jax.tree.map(lambda g: g / accum, (grads, metrics))
+    inputs = (z, noise, augment)
+    if accum <= loop_max:
+        grads, metrics = micro_step(jax.tree.map(lambda x: x[0], inputs))
+        for i in range(1, accum):
+            more = micro_step(jax.tree.map(lambda x, i=i: x[i], inputs))
+            grads, metrics = jax.tree.map(jnp.add, (grads, metrics), more)
+    else:
+
+        def accumulate(carry, micro_inputs):
+            return jax.tree.map(jnp.add, carry, micro_step(micro_inputs)), None
+
+        zeros = (
+            jax.tree.map(jnp.zeros_like, params),
+            {k: jnp.zeros(()) for k in _METRIC_NAMES + COLLAPSE_KEYS},
+        )
+        (grads, metrics), _ = jax.lax.scan(accumulate, zeros, inputs)
+    if accum > 1:
+        grads, metrics = jax.tree.map(lambda g: g / accum, (grads, metrics))
     if axis_name is not None:  # every device holds an equal share of the batch
         grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
     return grads, metrics
+
+
+def step_inputs(state: GANgealingState, generator: Generator, stn: STN, settings: StepSettings):
+    """(z, noise, psi, augment) of the step `state.step`, laid out as _per_device_gradients takes
+    them: z (accum, micro, D), noise leading with (accum, rows), augment None or (accum, micro, 2, 3).
+    """
+    key = jax.random.fold_in(state.rng, state.step)
+    z_key, noise_key = jax.random.split(key)
+    accum = settings.grad_accum
+    micro = settings.batch // accum
+    heads = stn.config.num_heads
+    z = jax.random.normal(z_key, (accum, micro, generator.config.style_dim))
+    noise_keys = jax.random.split(noise_key, accum)
+    noise = jax.vmap(lambda k: draw_noise(generator, k, micro, heads))(noise_keys)
+    psi = psi_at_iteration(state.step + 1, settings.anneal_psi, settings.anneal_fn)
+    augment = None
+    if settings.augment.enabled:
+        # A key of its own (not a third split) keeps z and noise those of a run without poses.
+        augment_key = jax.random.fold_in(key, 2)
+        augment = random_poses(augment_key, (accum, micro), settings.augment, 1.0 - psi)
+    return z, noise, psi, augment
 
 
 def train_step(
@@ -169,20 +214,7 @@ def train_step(
     depend on how many devices share the work; with a mesh, each device then computes the
     gradients of its rows (shard_map) and they are averaged over the 'data' axis.
     """
-    key = jax.random.fold_in(state.rng, state.step)
-    z_key, noise_key = jax.random.split(key)
-    accum = settings.grad_accum
-    micro = settings.batch // accum
-    heads = stn.config.num_heads
-    z = jax.random.normal(z_key, (accum, micro, generator.config.style_dim))
-    noise_keys = jax.random.split(noise_key, accum)
-    noise = jax.vmap(lambda k: draw_noise(generator, k, micro, heads))(noise_keys)
-    psi = psi_at_iteration(state.step + 1, settings.anneal_psi, settings.anneal_fn)
-    augment = None
-    if settings.augment.enabled:
-        # A key of its own (not a third split) keeps z and noise those of a run without poses.
-        augment_key = jax.random.fold_in(key, 2)
-        augment = random_poses(augment_key, (accum, micro), settings.augment, 1.0 - psi)
+    z, noise, psi, augment = step_inputs(state, generator, stn, settings)
     objective = functools.partial(
         gangealing_objective, generator=generator, stn=stn, settings=settings.objective
     )
