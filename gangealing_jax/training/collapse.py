@@ -25,7 +25,10 @@ from gangealing_jax.losses.regularizers import grid_zoom
 
 ZOOM_OUT_LIMIT = 3.0  # a grid spanning 3 image widths keeps a ninth of the image's pixels
 VARIANCE_RATIO_LIMIT = 0.1  # congealed images with a tenth of their inputs' variance are flat
-OUTSIDE_LIMIT = 0.5  # most of the output made of padding
+# Nearly all of the output made of padding. Not lower: the healthy faces run (posed inputs,
+# zoomed in, congealed by zooming out) was measured at 0.44 at iteration 450; the collapsed
+# butterflies run at 1.0.
+OUTSIDE_LIMIT = 0.8
 WINDOW = 200  # iterations a condition must hold: a transient excursion early on is no collapse
 KEYS = ("collapse_zoom_out", "collapse_outside", "collapse_variance_ratio")
 
