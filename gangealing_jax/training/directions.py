@@ -16,7 +16,6 @@ same for every method.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import NamedTuple
 
@@ -187,7 +186,6 @@ def save_directions(path: str | os.PathLike, directions: Directions) -> None:
             f, directions=directions.vectors, std=directions.std, mean=directions.mean,
             scores=directions.scores, method=np.asarray(directions.method),
             layers=np.asarray(directions.layers, np.int64),
-            meta=np.asarray(json.dumps({"method": directions.method})),
         )  # fmt: skip
 
 
