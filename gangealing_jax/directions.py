@@ -40,11 +40,19 @@ def main(argv=None) -> int:
 
         model = load_model(args.model)
     result = explorer.explore(
-        args.generator, args.method, args.out, num=args.num, layers=args.layers,
-        sigmas=explorer.parse_sigmas(args.sigmas), steps=args.steps, samples=args.samples,
-        seed=args.seed, num_w_samples=args.num_w_samples, directions_path=args.directions,
+        args.generator,
+        args.method,
+        args.out,
+        num=args.num,
+        layers=args.layers,
+        sigmas=explorer.parse_sigmas(args.sigmas),
+        steps=args.steps,
+        samples=args.samples,
+        seed=args.seed,
+        num_w_samples=args.num_w_samples,
+        directions_path=args.directions,
         model=model,
-    )  # fmt: skip
+    )
     print("\n".join(explorer.summary_lines(result)))
     return 0
 

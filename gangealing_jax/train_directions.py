@@ -14,8 +14,9 @@ from ml_collections import config_flags
 from gangealing_jax.errors import entry_point
 from gangealing_jax.training.directions_loop import train_directions
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/directions/*.py file",
-                                          lock_config=True)  # fmt: skip
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "configs/directions/*.py file", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, logs and directions.npz")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -38,8 +38,12 @@ def test_explorer_writes_its_files_and_a_sensitivity_report(tmp_path, capsys):
         assert record["congealed_change"] > 1e-3 and record["image_change"] > 1e-3
     # A saved set is shown again as it is (learned directions arrive this way).
     again = tmp_path / "again"
-    assert cli.main([*SMALL, "--method=learned", f"--directions={out / 'directions.npz'}",
-                     f"--out={again}"]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [*SMALL, "--method=learned", f"--directions={out / 'directions.npz'}", f"--out={again}"]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(load_directions(again / "directions.npz").vectors, found.vectors)
     # Same seed, same set and layers: the same pictures.
     assert (again / "overview.png").read_bytes() == (out / "overview.png").read_bytes()

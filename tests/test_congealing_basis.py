@@ -58,8 +58,12 @@ def test_sefa_and_file_bases(tmp_path):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     mean = rng.normal(size=dim).astype(np.float32)
     path = tmp_path / "directions.npz"
-    save_directions(path, Directions(vectors, np.ones(4, np.float32), mean, "learned", (0, 3),
-                                     np.zeros(4, np.float32)))  # fmt: skip
+    save_directions(
+        path,
+        Directions(
+            vectors, np.ones(4, np.float32), mean, "learned", (0, 3), np.zeros(4, np.float32)
+        ),
+    )
     from_file, _ = build_run(_config(str(path)), jax.random.PRNGKey(0), tmp_path / "cache.npz")
     np.testing.assert_array_equal(from_file.frozen.directions, vectors[:3])
     np.testing.assert_array_equal(from_file.frozen.lat_mean, mean[None])

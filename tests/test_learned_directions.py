@@ -56,8 +56,15 @@ def test_reconstructor_learns_the_shipped_generators_directions():
         losses.append(float(metrics["loss"]))
     assert step._cache_size() == 1  # compiled once: no silent recompiles
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
-    fresh = evaluate(state.params, run.frozen, jax.random.PRNGKey(123), generator=run.generator,
-                     reconstructor=run.reconstructor, settings=run.settings, batch=128)  # fmt: skip
+    fresh = evaluate(
+        state.params,
+        run.frozen,
+        jax.random.PRNGKey(123),
+        generator=run.generator,
+        reconstructor=run.reconstructor,
+        settings=run.settings,
+        batch=128,
+    )
     chance = 1.0 / config.num_directions
     # Measured 0.87 after 40 steps; twice chance leaves room for other platforms' rounding.
     assert float(fresh["accuracy"]) > 2 * chance, fresh
@@ -70,8 +77,10 @@ def test_sharded_step_equals_single_device():
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = make_mesh(devices)
         step = make_train_step(run.generator, run.reconstructor, run.optimizer, run.settings, mesh)
-        state = jax.device_put(jax.tree.map(jnp.array, fresh), jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec()))  # fmt: skip
+        state = jax.device_put(
+            jax.tree.map(jnp.array, fresh),
+            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        )
         history = []
         for _ in range(2):
             state, metrics = step(state, run.frozen)
@@ -106,12 +115,19 @@ def test_resume_is_exact(tmp_path):
 def test_cli_refuses_a_bad_field_before_writing(tmp_path):
     work = tmp_path / "work"
     proc = subprocess.run(
-        [sys.executable, "-m", "gangealing_jax.train_directions",
-         "--config=configs/directions/test.py", f"--workdir={work}",
-         "--config.constraint=sideways"],
-        cwd=pathlib.Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gangealing_jax.train_directions",
+            "--config=configs/directions/test.py",
+            f"--workdir={work}",
+            "--config.constraint=sideways",
+        ],
+        cwd=pathlib.Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
         "error: --config.constraint='sideways': choose one of unit, orthonormal"

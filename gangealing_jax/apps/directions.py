@@ -213,9 +213,14 @@ def explore(
     overview = []
     for k in range(found.vectors.shape[0]):
         grid = shift_grid(
-            render, variables, w, jnp.asarray(found.vectors[k]), shifts * found.std[k],
-            found.layers, gconfig.n_latent,
-        )  # fmt: skip
+            render,
+            variables,
+            w,
+            jnp.asarray(found.vectors[k]),
+            shifts * found.std[k],
+            found.layers,
+            gconfig.n_latent,
+        )
         overview.append(grid[0])
         flat = np.asarray(grid).reshape((-1,) + grid.shape[2:])
         files.append(_write_png(out / f"direction_{k:02d}.png", image_grid(flat, nrow=steps)))

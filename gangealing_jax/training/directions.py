@@ -109,9 +109,10 @@ def sefa(
     """
     start, stop = layers if layers is not None else (0, config.n_latent)
     chosen = [
-        w for index, w in modulation_weights(config, variables, include_to_rgb)
+        w
+        for index, w in modulation_weights(config, variables, include_to_rgb)
         if start <= index < stop
-    ]  # fmt: skip
+    ]
     if not chosen:
         raise ConfigError(f"no modulated layer reads W+ layers {start}-{stop - 1}")
     a = np.concatenate([w / np.linalg.norm(w, axis=0, keepdims=True) for w in chosen], axis=1).T
@@ -183,10 +184,14 @@ def save_directions(path: str | os.PathLike, directions: Directions) -> None:
     """directions.npz, written atomically."""
     with atomic.open_for_write(path) as f:
         np.savez(
-            f, directions=directions.vectors, std=directions.std, mean=directions.mean,
-            scores=directions.scores, method=np.asarray(directions.method),
+            f,
+            directions=directions.vectors,
+            std=directions.std,
+            mean=directions.mean,
+            scores=directions.scores,
+            method=np.asarray(directions.method),
             layers=np.asarray(directions.layers, np.int64),
-        )  # fmt: skip
+        )
 
 
 def load_directions(path: str | os.PathLike) -> Directions:
@@ -205,6 +210,10 @@ def load_directions(path: str | os.PathLike) -> Directions:
         raise InputFileError(f"{path}: directions must be (K, D) with K spreads")
     start, stop = (int(x) for x in fields["layers"])
     return Directions(
-        vectors, np.asarray(fields["std"], np.float32), np.asarray(fields["mean"], np.float32),
-        str(fields["method"]), (start, stop), np.asarray(scores, np.float32),
-    )  # fmt: skip
+        vectors,
+        np.asarray(fields["std"], np.float32),
+        np.asarray(fields["mean"], np.float32),
+        str(fields["method"]),
+        (start, stop),
+        np.asarray(scores, np.float32),
+    )

@@ -81,12 +81,16 @@ def setup_run(config) -> tuple[DiscoveryRun, object]:
             "orthonormal directions fit in this W; lower it or use --config.constraint=unit"
         )
     settings = DiscoverySettings(
-        num_directions=config.num_directions, constraint=config.constraint,
-        layers=parse_layers(config.layers, gconfig.n_latent), batch=config.batch,
-        shift_scale=float(config.shift_scale), min_shift=float(config.min_shift),
-        shift_weight=float(config.shift_weight), lr=float(config.lr),
+        num_directions=config.num_directions,
+        constraint=config.constraint,
+        layers=parse_layers(config.layers, gconfig.n_latent),
+        batch=config.batch,
+        shift_scale=float(config.shift_scale),
+        min_shift=float(config.min_shift),
+        shift_weight=float(config.shift_weight),
+        lr=float(config.lr),
         directions_lr=float(config.directions_lr),
-    )  # fmt: skip
+    )
     rc = config.reconstructor
     reconstructor = Reconstructor(
         ReconstructorConfig(config.num_directions, int(rc.size), int(rc.width), int(rc.depth))
@@ -102,10 +106,13 @@ def setup_run(config) -> tuple[DiscoveryRun, object]:
 def export_directions(path, run: DiscoveryRun, params) -> Directions:
     vectors = np.asarray(directions_of(jax.device_get(params), run.generator, run.settings))
     found = Directions(
-        vectors.astype(np.float32), spread(vectors, run.samples).astype(np.float32),
-        run.samples.mean(axis=0).astype(np.float32), "learned", run.settings.layers,
+        vectors.astype(np.float32),
+        spread(vectors, run.samples).astype(np.float32),
+        run.samples.mean(axis=0).astype(np.float32),
+        "learned",
+        run.settings.layers,
         np.zeros(vectors.shape[0], np.float32),
-    )  # fmt: skip
+    )
     save_directions(path, found)
     return found
 
@@ -136,8 +143,12 @@ def train_directions(config, workdir) -> DiscoveryResult:
     step_fn = make_train_step(run.generator, run.reconstructor, run.optimizer, run.settings, mesh)
     start = int(state.step)
     writer = MetricsWriter(workdir, enabled=primary, last_step=start)
-    bar = tqdm(range(start, config.iters), initial=start, total=config.iters,
-               disable=not (primary and config.progress))  # fmt: skip
+    bar = tqdm(
+        range(start, config.iters),
+        initial=start,
+        total=config.iters,
+        disable=not (primary and config.progress),
+    )
     metrics, interrupted = {}, False
     with TerminationRequest() as stop:
         for index in bar:

@@ -67,11 +67,17 @@ def make_optimizer(settings: DiscoverySettings) -> optax.GradientTransformation:
     )
 
 
-def init_state(generator: Generator, settings: DiscoverySettings, config: ReconstructorConfig,
-               optimizer, key: jax.Array) -> DiscoveryState:  # fmt: skip
+def init_state(
+    generator: Generator,
+    settings: DiscoverySettings,
+    config: ReconstructorConfig,
+    optimizer,
+    key: jax.Array,
+) -> DiscoveryState:
     dir_key, rec_key, run_key = jax.random.split(key, 3)
-    matrix = DirectionMatrix(settings.num_directions, generator.config.style_dim,
-                             settings.constraint)  # fmt: skip
+    matrix = DirectionMatrix(
+        settings.num_directions, generator.config.style_dim, settings.constraint
+    )
     size = generator.config.size
     image = jnp.zeros((1, size, size, 3))
     params = {
@@ -84,8 +90,9 @@ def init_state(generator: Generator, settings: DiscoverySettings, config: Recons
 
 def directions_of(params, generator: Generator, settings: DiscoverySettings):
     """(K, D) constrained directions held in the state's params."""
-    matrix = DirectionMatrix(settings.num_directions, generator.config.style_dim,
-                             settings.constraint)  # fmt: skip
+    matrix = DirectionMatrix(
+        settings.num_directions, generator.config.style_dim, settings.constraint
+    )
     return matrix.apply(params["directions"])
 
 
@@ -99,14 +106,21 @@ def draw_pairs(key: jax.Array, settings: DiscoverySettings, dim: int, batch: int
     z_key, k_key, size_key, sign_key = jax.random.split(key, 4)
     z = jax.random.normal(z_key, (batch, dim))
     index = jax.random.randint(k_key, (batch,), 0, settings.num_directions)
-    size = jax.random.uniform(size_key, (batch,), minval=settings.min_shift,
-                              maxval=settings.shift_scale)  # fmt: skip
+    size = jax.random.uniform(
+        size_key, (batch,), minval=settings.min_shift, maxval=settings.shift_scale
+    )
     sign = jnp.where(jax.random.bernoulli(sign_key, 0.5, (batch,)), 1.0, -1.0)
     return Pairs(z, index, size * sign)
 
 
-def render_pairs(directions, frozen: FrozenGenerator, pairs: Pairs, *, generator: Generator,
-                 layers: tuple[int, int]):  # fmt: skip
+def render_pairs(
+    directions,
+    frozen: FrozenGenerator,
+    pairs: Pairs,
+    *,
+    generator: Generator,
+    layers: tuple[int, int],
+):
     """(G(w), G(w + eps * s * d_k)), each (N, H, W, 3); differentiable in `directions`."""
     gvars = jax.lax.stop_gradient(frozen.variables)
     n_latent = generator.config.n_latent
@@ -131,14 +145,25 @@ def discovery_loss(params, frozen, pairs, *, generator, reconstructor, settings)
     shift_error = jnp.abs(shift - pairs.eps).mean()
     loss = cross_entropy + settings.shift_weight * shift_error
     accuracy = jnp.mean(jnp.argmax(logits, axis=1) == pairs.index)
-    metrics = {"loss": loss, "cross_entropy": cross_entropy, "shift_error": shift_error,
-               "accuracy": accuracy}  # fmt: skip
+    metrics = {
+        "loss": loss,
+        "cross_entropy": cross_entropy,
+        "shift_error": shift_error,
+        "accuracy": accuracy,
+    }
     return loss, metrics
 
 
-def train_step(state: DiscoveryState, frozen: FrozenGenerator, *, generator: Generator,
-               reconstructor: Reconstructor, optimizer, settings: DiscoverySettings,
-               mesh: Mesh | None = None):  # fmt: skip
+def train_step(
+    state: DiscoveryState,
+    frozen: FrozenGenerator,
+    *,
+    generator: Generator,
+    reconstructor: Reconstructor,
+    optimizer,
+    settings: DiscoverySettings,
+    mesh: Mesh | None = None,
+):
     """One optimizer step -> (new state, metrics). The global batch is drawn first and then
     split over the mesh, so the result does not depend on the number of devices."""
     key = jax.random.fold_in(state.rng, state.step)
@@ -148,10 +173,11 @@ def train_step(state: DiscoveryState, frozen: FrozenGenerator, *, generator: Gen
             pairs, NamedSharding(mesh, PartitionSpec(DATA_AXIS))
         )
     grad_fn = jax.value_and_grad(
-        functools.partial(discovery_loss, generator=generator, reconstructor=reconstructor,
-                          settings=settings),
+        functools.partial(
+            discovery_loss, generator=generator, reconstructor=reconstructor, settings=settings
+        ),
         has_aux=True,
-    )  # fmt: skip
+    )
     (_, metrics), grads = grad_fn(state.params, frozen, pairs)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -163,8 +189,14 @@ def make_train_step(generator, reconstructor, optimizer, settings, mesh: Mesh | 
     shardings = {}
     if mesh is not None:
         shardings = dict(in_shardings=replicated(mesh), out_shardings=replicated(mesh))
-    step = functools.partial(train_step, generator=generator, reconstructor=reconstructor,
-                             optimizer=optimizer, settings=settings, mesh=mesh)  # fmt: skip
+    step = functools.partial(
+        train_step,
+        generator=generator,
+        reconstructor=reconstructor,
+        optimizer=optimizer,
+        settings=settings,
+        mesh=mesh,
+    )
     return jax.jit(step, donate_argnums=(0,), **shardings)
 
 
@@ -172,6 +204,7 @@ def make_train_step(generator, reconstructor, optimizer, settings, mesh: Mesh | 
 def evaluate(params, frozen, key, *, generator, reconstructor, settings, batch: int):
     """Metrics of the current parts on `batch` fresh pairs (no update)."""
     pairs = draw_pairs(key, settings, generator.config.style_dim, batch)
-    _, metrics = discovery_loss(params, frozen, pairs, generator=generator,
-                                reconstructor=reconstructor, settings=settings)  # fmt: skip
+    _, metrics = discovery_loss(
+        params, frozen, pairs, generator=generator, reconstructor=reconstructor, settings=settings
+    )
     return metrics
