@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.ndirs = 1  # number of W-space PCA directions c may move along
     c.num_pca_samples = 1_000_000  # mapped samples used for the W-space PCA
     c.pca_exact = False  # exact chunked PCA instead of the reference's IncrementalPCA
+    c.congealing = ml_collections.ConfigDict()
+    # Directions c moves along: pca (the reference) | sefa (of layers [0, inject)) | the path of
+    # a directions.npz (`python -m gangealing_jax.directions`, or learned: train_directions).
+    c.congealing.basis = "pca"
     c.anneal_psi = 150_000  # iterations over which psi anneals from 1 to 0
     c.anneal_fn = "cosine"  # psi schedule: cosine | linear
     c.freeze_ll = False  # keep the congealing vector fixed at its initial value

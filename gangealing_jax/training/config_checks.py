@@ -117,6 +117,7 @@ def check_gangealing_config(config, device_count: int | None = None) -> None:
     c.positive_int("inject", 5)
     ndirs = c.positive_int("ndirs", 1)
     c.number("num_pca_samples", low=max(ndirs, 2), integer=True, example=100_000)
+    c.existing_path("congealing.basis", allowed=("pca", "sefa"), what="directions file")
     c.positive_int("anneal_psi", 150_000)
     c.choice("anneal_fn", sorted(PSI_ANNEALING))
     c.positive_int("num_heads", 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pathlib
@@ -23,6 +24,12 @@ from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
 from gangealing_jax.models.stylegan2_ada import AdaGeneratorConfig, make_generator
 from gangealing_jax.ops.precision import Policy
 from gangealing_jax.training.augment import PoseAugmentation
+from gangealing_jax.training.congealing_basis import (
+    REFERENCE_BASIS,
+    basis_fingerprint,
+    basis_name,
+    fixed_basis,
+)
 from gangealing_jax.training.gangealing_step import (
     OptimizerSettings,
     StepSettings,
@@ -195,6 +202,8 @@ def congealing_cache_key(config, gvars) -> dict:
     }
     if config.num_heads > 1:  # k-means++ measures distances with the perceptual loss
         key["loss"] = json.loads(config.loss.to_json_best_effort())
+    if basis_name(config) != REFERENCE_BASIS:  # absent for PCA: earlier caches stay valid
+        key["basis"] = basis_fingerprint(basis_name(config))
     return key
 
 
@@ -247,6 +256,13 @@ def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = No
     if cached is not None:
         directions, lat_mean, coefficients = cached
     else:
+        basis = basis_name(config)
+        fixed = None
+        if basis != REFERENCE_BASIS:
+            fixed = functools.partial(
+                fixed_basis, basis, generator, gvars, ndirs=config.ndirs, inject=config.inject,
+                num_samples=config.num_pca_samples,
+            )  # fmt: skip
         init = init_congealing(
             generator,
             gvars,
@@ -258,6 +274,7 @@ def build_run(config, key: jax.Array, congealing_cache: pathlib.Path | None = No
             distance=distance,
             inject_index=config.inject,
             mean_w=tracked_mean_w(gconfig, gvars),
+            fixed_basis=fixed,
         )
         directions, lat_mean, coefficients = init.directions, init.lat_mean, init.coefficients
         if congealing_cache is not None and jax.process_index() == 0:

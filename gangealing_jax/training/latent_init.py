@@ -21,7 +21,7 @@ class CongealingInit(NamedTuple):
     directions: np.ndarray  # (ndirs, D) float32 PCA directions
     lat_mean: np.ndarray  # (1, D) float32 mean w
     coefficients: np.ndarray  # (num_heads, ndirs) float32 initial coefficients
-    basis: PCABasis
+    basis: PCABasis | None  # None when a fixed (non-PCA) basis was given
 
 
 def mapped_chunks(
@@ -100,13 +100,25 @@ def init_congealing(
     inject_index: int = 5,
     num_kmeans_samples: int = 50_000,
     mean_w: np.ndarray | None = None,
+    fixed_basis: Callable[[jax.Array], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> CongealingInit:
     """PCA buffers and initial coefficients (zeros, or k-means++ centres projected on the basis).
 
     `mean_w` (D,): the centre of the congealing vector and of truncation, when the generator
-    tracks its own mean w (NVIDIA's w_avg); otherwise the sample mean of the PCA.
+    tracks its own mean w (NVIDIA's w_avg); otherwise the sample mean of the PCA (or of the
+    fixed basis).
+    fixed_basis: key -> ((ndirs, D) directions, (D,) mean) used instead of the PCA
+    (`training.congealing_basis`); it gets the key the PCA would have had.
     """
     pca_key, kmeans_key = jax.random.split(key)
+    if fixed_basis is not None:
+        directions, basis_mean = fixed_basis(pca_key)
+        if mean_w is not None:
+            basis_mean = np.asarray(mean_w, np.float64).reshape(-1)
+        return _init_on_fixed_basis(
+            (directions, basis_mean), generator, variables, kmeans_key, num_heads=num_heads,
+            distance=distance, inject_index=inject_index, num_kmeans_samples=num_kmeans_samples,
+        )  # fmt: skip
     basis = wspace_pca(generator, variables, pca_key, ndirs, num_pca_samples, exact_pca_fit)
     if mean_w is not None:
         basis = basis._replace(mean=np.asarray(mean_w, np.float64).reshape(-1))
@@ -124,3 +136,28 @@ def init_congealing(
         coefficients=coefficients,
         basis=basis,
     )
+
+
+def _init_on_fixed_basis(
+    basis, generator, variables, kmeans_key, *, num_heads, distance, inject_index,
+    num_kmeans_samples,
+) -> CongealingInit:  # fmt: skip
+    directions, mean = (np.asarray(x, np.float32) for x in basis)
+    coefficients = np.zeros((num_heads, directions.shape[0]), np.float32)
+    if num_heads > 1:
+        if distance is None:
+            raise ValueError("clustering (num_heads > 1) needs a perceptual distance for k-means++")
+        centres = kmeans_plusplus(
+            generator, variables, kmeans_key, num_heads, num_kmeans_samples, distance, inject_index
+        )
+        coefficients = coordinates(centres, directions, mean).astype(np.float32)
+    return CongealingInit(directions, mean.reshape(1, -1), coefficients, None)
+
+
+def coordinates(points, directions, mean) -> np.ndarray:
+    """(..., D) points -> (..., ndirs) coefficients whose combination of the directions is the
+    closest to points - mean (least squares: a learned basis need not be orthogonal)."""
+    centred = np.asarray(points, np.float64) - np.asarray(mean, np.float64)
+    flat = centred.reshape(-1, centred.shape[-1])
+    coeffs, *_ = np.linalg.lstsq(np.asarray(directions, np.float64).T, flat.T, rcond=None)
+    return coeffs.T.reshape(centred.shape[:-1] + (directions.shape[0],))
