@@ -14,7 +14,7 @@ from gangealing_jax.losses.regularizers import mirror_equivariance_loss, pose_eq
 from gangealing_jax.models.stn import STN
 from gangealing_jax.ops.sampling import affine_grid, compose_affine, similarity_matrix, to_3x3
 from gangealing_jax.training.augment import PoseAugmentation, random_poses
-from tests.tiny_models import perturbed, tiny_generator, tiny_stn_config
+from tests.tiny_models import perturbed, tiny_generator, tiny_objective_inputs, tiny_stn_config
 
 AUG = PoseAugmentation(rotation_deg=30.0, log_scale=0.25, translation=0.2)
 
@@ -59,13 +59,7 @@ def test_disabled_by_default_and_ranges_are_checked():
 
 
 def test_objective_sees_the_posed_generator_output_and_identity_poses_change_nothing():
-    generator, gvars = tiny_generator(size=16, style_dim=16, channels=8)
-    stn = STN(tiny_stn_config(flow_size=16, supersize=16))
-    stn_vars = stn.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
-    d = generator.config.style_dim
-    frozen = Frozen(gvars, jnp.eye(2, d), jnp.zeros((1, d)))
-    trainable = {"stn": stn_vars, "congealing": {"coefficients": jnp.full((1, 2), 0.1)}}
-    z = jax.random.normal(jax.random.PRNGKey(4), (3, d))
+    generator, stn, trainable, frozen, z = tiny_objective_inputs()
     settings = ObjectiveSettings(
         inject=3, tv_weight=10.0, equivariance_weight=2.0, symmetry_weight=0.5
     )

@@ -5,13 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gangealing_jax.losses.gangealing import Frozen, ObjectiveSettings, gangealing_objective
+from gangealing_jax.losses.gangealing import ObjectiveSettings, gangealing_objective
 from gangealing_jax.losses.perceptual import multiscale_structural_distance
 from gangealing_jax.losses.regularizers import grid_zoom, zoom_out_penalty
-from gangealing_jax.models.stn import STN
 from gangealing_jax.ops.sampling import affine_grid, grid_sample
 from gangealing_jax.training import collapse
-from tests.tiny_models import tiny_generator, tiny_stn_config
+from tests.tiny_models import tiny_objective_inputs
 
 
 def _similarity(scale, angle=0.0, shift=(0.0, 0.0), n=4):
@@ -101,13 +100,7 @@ def test_zoom_out_penalty_punishes_the_zoomed_out_warp_and_spares_aligned_ones()
 
 
 def test_objective_adds_the_weighted_penalty_and_weight_zero_changes_nothing():
-    generator, gvars = tiny_generator(size=16, style_dim=16, channels=8)
-    stn = STN(tiny_stn_config(flow_size=16, supersize=16))
-    stn_vars = stn.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
-    d = generator.config.style_dim
-    frozen = Frozen(gvars, jnp.eye(2, d), jnp.zeros((1, d)))
-    trainable = {"stn": stn_vars, "congealing": {"coefficients": jnp.full((1, 2), 0.1)}}
-    z = jax.random.normal(jax.random.PRNGKey(4), (3, d))
+    generator, stn, trainable, frozen, z = tiny_objective_inputs()
 
     def run(**fields):
         settings = ObjectiveSettings(inject=3, tv_weight=10.0, **fields)

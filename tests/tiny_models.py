@@ -1,10 +1,13 @@
 """Small randomly initialised models for tests that need no reference weights."""
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from gangealing_jax.losses.gangealing import Frozen
+from gangealing_jax.models.stn import STN
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
 
 
@@ -60,3 +63,23 @@ def identity_model_bundle(directory, num_heads: int = 1):
     coefficients = np.zeros((num_heads, 1), np.float32)
     tree = {"stn": variables, "congealing": {"coefficients": coefficients}}
     return save_bundle(directory, TRAINED_MODEL_KIND, meta, tree)
+
+
+class ObjectiveInputs(NamedTuple):
+    generator: Generator
+    stn: STN
+    trainable: dict  # {"stn": variables, "congealing": {"coefficients": (1, 2)}}
+    frozen: Frozen
+    z: jnp.ndarray  # (3, style_dim)
+
+
+def tiny_objective_inputs() -> ObjectiveInputs:
+    """A 16 px generator, an identity STN and 3 latents: what the objective's tests feed it."""
+    generator, gvars = tiny_generator(size=16, style_dim=16, channels=8)
+    stn = STN(tiny_stn_config(flow_size=16, supersize=16))
+    stn_vars = stn.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
+    d = generator.config.style_dim
+    frozen = Frozen(gvars, jnp.eye(2, d), jnp.zeros((1, d)))
+    trainable = {"stn": stn_vars, "congealing": {"coefficients": jnp.full((1, 2), 0.1)}}
+    z = jax.random.normal(jax.random.PRNGKey(4), (3, d))
+    return ObjectiveInputs(generator, stn, trainable, frozen, z)

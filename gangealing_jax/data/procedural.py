@@ -286,12 +286,17 @@ def generate(
     n: int, seed: int, config: ProceduralConfig = ProceduralConfig(), start: int = 0
 ) -> SampleBatch:
     """Samples start .. start + n - 1 of the family `seed`, stacked."""
+    return stack_samples(render, NUM_KEYPOINTS, n, seed, config, start)
+
+
+def stack_samples(render_fn, num_keypoints: int, n: int, seed: int, config, start: int = 0):
+    """Samples start .. start + n - 1 of a procedural family's `render_fn`, as one SampleBatch."""
     res = config.resolution
     images = np.empty((n, res, res, 3), np.uint8)
-    keypoints = np.empty((n, NUM_KEYPOINTS, 3), np.float32)
+    keypoints = np.empty((n, num_keypoints, 3), np.float32)
     bboxes = np.empty((n, 4), np.float32)
     for i in range(n):
-        images[i], keypoints[i], bboxes[i] = render(seed, start + i, config)
+        images[i], keypoints[i], bboxes[i] = render_fn(seed, start + i, config)
     return SampleBatch(images, keypoints, bboxes)
 
 

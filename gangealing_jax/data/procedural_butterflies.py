@@ -313,13 +313,7 @@ def render(seed_or_rng, index: int, config: ProceduralConfig) -> Sample:
 
 def generate(n: int, seed: int, config: ProceduralConfig, start: int = 0) -> SampleBatch:
     """Samples start .. start + n - 1 of the family `seed`, stacked."""
-    res = config.resolution
-    images = np.empty((n, res, res, 3), np.uint8)
-    keypoints = np.empty((n, NUM_KEYPOINTS, 3), np.float32)
-    bboxes = np.empty((n, 4), np.float32)
-    for i in range(n):
-        images[i], keypoints[i], bboxes[i] = render(seed, start + i, config)
-    return SampleBatch(images, keypoints, bboxes)
+    return procedural.stack_samples(render, NUM_KEYPOINTS, n, seed, config, start)
 
 
 def canonical_keypoints(config: ProceduralConfig) -> np.ndarray:
