@@ -18,7 +18,7 @@ from gangealing_jax.training.checkpoints import CheckpointManager
 from gangealing_jax.training.directions import load_directions
 from gangealing_jax.training.directions_loop import setup_run
 from gangealing_jax.training.directions_loop import train_directions as train
-from gangealing_jax.training.learned_directions import evaluate, make_train_step
+from gangealing_jax.training.learned_directions import directions_of, evaluate, make_train_step
 from gangealing_jax.training.parallel import make_mesh
 
 
@@ -105,6 +105,19 @@ def test_resume_is_exact(tmp_path):
     assert b.method == "learned" and b.vectors.shape == (3, config.generator.random_style_dim)
     np.testing.assert_allclose(b.vectors @ b.vectors.T, np.eye(3), atol=1e-5)
     assert np.all(b.std > 0)
+    # Exported ranked by W's spread along each, largest first: a permutation of the trained rows,
+    # and each row's std is the spread of the run's own w samples along it.
+    assert np.all(np.diff(b.std) <= 0)
+    np.testing.assert_allclose(b.scores, np.square(b.std), rtol=1e-6)
+    run, fresh = setup_run(config)
+    with CheckpointManager(tmp_path / "resumed" / "checkpoints", save_every=2) as ckpts:
+        params = ckpts.restore_latest(fresh).params
+    trained = np.asarray(directions_of(params, run.generator, run.settings))
+    matches = np.abs(b.vectors @ trained.T)  # |cos| between exported and trained rows
+    np.testing.assert_allclose(np.sort(matches.max(axis=1)), 1.0, atol=1e-5)
+    np.testing.assert_allclose(
+        b.std, np.std(run.samples @ b.vectors.T, axis=0, ddof=1), rtol=1e-4
+    )
     records = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[-1] == {"step": 4, **straight.metrics}

@@ -104,14 +104,20 @@ def setup_run(config) -> tuple[DiscoveryRun, object]:
 
 
 def export_directions(path, run: DiscoveryRun, params) -> Directions:
+    """Write the learned directions, ranked as GANSpace ranks its own: by the variance of mapped
+    w along each (the score), largest first. Training gives them no order, and a consumer that
+    takes the first few (`congealing.basis` with ndirs < K) should get those W varies most along.
+    The checkpoint keeps the reconstructor's own class order."""
     vectors = np.asarray(directions_of(jax.device_get(params), run.generator, run.settings))
+    std = spread(vectors, run.samples)
+    order = np.argsort(-std, kind="stable")
     found = Directions(
-        vectors.astype(np.float32),
-        spread(vectors, run.samples).astype(np.float32),
+        vectors[order].astype(np.float32),
+        std[order].astype(np.float32),
         run.samples.mean(axis=0).astype(np.float32),
         "learned",
         run.settings.layers,
-        np.zeros(vectors.shape[0], np.float32),
+        np.square(std[order]).astype(np.float32),
     )
     save_directions(path, found)
     return found
