@@ -78,6 +78,11 @@ def measure(generator: str, data: str, *, samples: int = 1000, seed: int = 0, fa
     if samples < 2:
         raise ConfigError(f"--samples {samples}: the measures need 2 or more")
     config, variables = load(generator)
+    if config.size % 8:
+        raise InputFileError(
+            f"--generator {generator}: makes {config.size} px images; the measure's net needs "
+            "sides that are multiples of 8"
+        )
     real = real_images(
         data, samples, config.size, family=family, seed=data_seed, clutter=tuple(clutter)
     )

@@ -1,8 +1,8 @@
 """StyleGAN2 discriminator (residual architecture) in Flax, NHWC, with an optional feature decoder.
 
-The decoder is the one of generator-guided discriminator regularisation (GGDR: Lee et al., "Generator
-Knows What Discriminator Should Learn in Unconditional GANs", 2022): from the discriminator's own
-feature maps it predicts a feature map of the generator, U-Net style. Starting at 4x4, each stage
+The decoder is the one of generator-guided discriminator regularisation (GGDR: Lee et al.,
+"Generator Knows What Discriminator Should Learn in Unconditional GANs", ECCV 2022): from the
+discriminator's own feature maps it predicts a feature map of the generator, U-Net style. Starting at 4x4, each stage
 upsamples by 2 and applies a linear 1x1 conv; from 8x8 on its input is the previous stage's
 output beside the discriminator's feature map of the same resolution.
 """

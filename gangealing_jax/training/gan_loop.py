@@ -8,9 +8,8 @@ directory layout:
     generator.npz    the same packed into one file (`load_generator` reads it too)
     data/            the procedural training set, rendered once (when not held in memory)
     images/          sample grids (fixed z, EMA generator, fixed noise), PNG
-    metrics.jsonl    scalars per `log_every` iterations (means over the interval), also in tensorboard/;
-                     every `quality_every` iterations also quality_frechet and quality_kid
-                     (training/gan_quality.py: EMA samples against training images)
+    metrics.jsonl    scalars per `log_every` iterations (means over the interval), also in tensorboard/
+                     (with quality_frechet, quality_kid every `quality_every`: gan_quality.py)
 """
 
 from __future__ import annotations
