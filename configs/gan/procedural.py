@@ -50,6 +50,12 @@ def get_config() -> ml_collections.ConfigDict:
     # 0.5 ** (32 / 10_000) is at its batch of 32.
     c.ema_decay = 0.5 ** (16 / 10_000)
     c.xflip = True  # mirror real images at random (the faces' own flips make this harmless)
+    # Generator-guided discriminator regularisation (GGDR, Lee et al. 2022): a decoder on D
+    # predicts, from each fake, the generator's feature map at ggdr_resolution; the per-pixel
+    # cosine distance, times ggdr_weight, joins D's loss at every D step. 0 = off (no decoder);
+    # the paper trains with 10.
+    c.ggdr_weight = 0.0
+    c.ggdr_resolution = 8  # target map's side: the paper's advice for small images, resolution / 4
 
     # Logging, samples, checkpoints and export.
     c.log_every = 50  # iterations between logged scalars (means over the interval)
@@ -58,6 +64,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.ckpt_every = 500  # iterations between checkpoints (each also exports the generator)
     c.keep_checkpoints = 3  # checkpoints kept on disk
     c.mean_samples = 10_000  # latents averaged for the exported mean w
+    # Weight-free quality (training/gan_quality.py): Fréchet and kernel distances between
+    # quality_samples EMA samples and as many training images, in a fixed random conv net's
+    # features; logged every quality_every iterations (a multiple of log_every), 0 = never.
+    c.quality_every = 0
+    c.quality_samples = 1000
     c.progress = True  # tqdm progress bar
     c.fast_compile = False  # XLA backend optimisations off: compiles ~2x faster, runs slower
     c.distributed = False  # call jax.distributed.initialize() (several hosts)

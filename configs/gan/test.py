@@ -20,6 +20,10 @@ def get_config():
     c.ckpt_every = 2
     c.keep_checkpoints = 2
     c.mean_samples = 64
+    c.ggdr_weight = 0.0
+    c.ggdr_resolution = 8
+    c.quality_every = 0
+    c.quality_samples = 16
     c.progress = False
     c.fast_compile = True
     return c

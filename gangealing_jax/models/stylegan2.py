@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -121,6 +122,23 @@ def truncated_w_plus(w, mean_w, psi, n_latent: int, inject_index: int | None = N
     """
     inject_index = n_latent if inject_index is None else inject_index
     return style_mix(truncate(w, mean_w, psi), w, inject_index, n_latent)
+
+
+class SynthesisOutput(NamedTuple):
+    """What the synthesis network makes of one W+ batch."""
+
+    image: jnp.ndarray  # (N, size, size, 3)
+    # One map per resolution 4, 8, ..., size: the output of that resolution's last styled conv
+    # (before its toRGB), (N, R, R, channels[i]) for R = 2 ** (i + 2).
+    features: tuple
+
+    def feature_at(self, resolution: int) -> jnp.ndarray:
+        """The feature map (N, R, R, C) of resolution R = `resolution`."""
+        index = int(round(math.log2(resolution))) - 2
+        if 2 ** (index + 2) != resolution or not 0 <= index < len(self.features):
+            sizes = [2 ** (i + 2) for i in range(len(self.features))]
+            raise ValueError(f"no generator feature map at resolution {resolution}; has {sizes}")
+        return self.features[index]
 
 
 # --- synthesis layers -----------------------------------------------------------------------
@@ -249,6 +267,13 @@ class Generator(nn.Module):
 
         `noises`, if given, is a list of num_layers arrays (N or 1, R, R, 1) overriding `noise_mode`.
         """
+        return self.synthesize_features(w_plus, noise_mode, noises).image
+
+    def synthesize_features(self, w_plus: jnp.ndarray, noise_mode: str = "random", noises=None):
+        """`synthesize`, also returning the feature map of every resolution (SynthesisOutput).
+
+        Under jit the maps nobody reads cost nothing: XLA drops them.
+        """
         if w_plus.ndim != 3 or w_plus.shape[1] != self.config.n_latent:
             raise ValueError(
                 f"synthesize expects W+ of shape (N, {self.config.n_latent}, style_dim), "
@@ -257,14 +282,16 @@ class Generator(nn.Module):
         noise = self._noises(w_plus.shape[0], noise_mode, noises)
         x = jnp.broadcast_to(self.const, (w_plus.shape[0],) + self.const.shape[1:])
         x = self.conv1(x, w_plus[:, 0], noise[0])
+        features = [x]
         skip = self.to_rgb1(x, w_plus[:, 1])
         layer = 1
         for i, to_rgb in enumerate(self.to_rgbs):
             x = self.convs[2 * i](x, w_plus[:, layer], noise[2 * i + 1])
             x = self.convs[2 * i + 1](x, w_plus[:, layer + 1], noise[2 * i + 2])
+            features.append(x)
             skip = to_rgb(x, w_plus[:, layer + 2], skip)
             layer += 2
-        return skip
+        return SynthesisOutput(image=skip, features=tuple(features))
 
     def __call__(self, z: jnp.ndarray, noise_mode: str = "random", noises=None):
         """z (N, style_dim) -> image (N, size, size, 3)."""

@@ -209,6 +209,18 @@ def check_gan_config(config, device_count: int | None = None) -> None:
     for field, example in (("log_every", 50), ("sample_every", 500), ("n_samples", 64),
                            ("ckpt_every", 500), ("keep_checkpoints", 3), ("mean_samples", 10_000)):  # fmt: skip
         c.positive_int(field, example)
+    if c.number("ggdr_weight", low=0, example=10.0):
+        example = max(8, res // 4)
+        ggdr_res = c.number("ggdr_resolution", low=8, high=res, integer=True, example=example)
+        if ggdr_res is None or ggdr_res & (ggdr_res - 1):
+            c.fail("ggdr_resolution", f"must be a power of two in 8..{res}", f"e.g. {example}")
+    if c.number("quality_every", low=0, integer=True, example=500):
+        c.number("quality_samples", low=2, integer=True, example=1000)
+        if c.value("quality_samples") is None:
+            c.fail("quality_samples", "is needed when quality_every > 0", "e.g. 1000")
+        if config.quality_every % config.log_every:
+            c.fail("quality_every", f"must be a multiple of log_every ({config.log_every}), "
+                   "whose records it joins", f"e.g. {config.log_every * 10}")  # fmt: skip
     if device_count is not None:
         c.divisible("batch", batch, device_count, "the devices")
 

@@ -1,7 +1,9 @@
 """StyleGAN2 training steps as pure functions, with the reference trainer's losses and schedule.
 
 One training iteration `i` (0-based, = `state.step` before it) runs, in order:
-  d_step       non-saturating logistic loss on fresh fakes and real images;
+  d_step       non-saturating logistic loss on fresh fakes and real images; with a decoder on
+               the discriminator (GGDR), plus ggdr_weight * the cosine distance between its
+               prediction from each fake and the generator's feature map that made the fake;
   d_r1_step    when i % d_reg_every == 0: lazy R1 penalty on the same real images,
                weighted r1 / 2 * d_reg_every;
   g_step       non-saturating loss of the generator;
@@ -29,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gangealing_jax.losses.ggdr import cosine_distance
 from gangealing_jax.models.discriminator import Discriminator
-from gangealing_jax.models.stylegan2 import Generator, style_mix
+from gangealing_jax.models.stylegan2 import Generator, SynthesisOutput, style_mix
 from gangealing_jax.training import parallel
 
 
@@ -52,6 +55,25 @@ class GANSetup:
     ema_decay: float = 0.5 ** (32 / 10_000)
     xflip: bool = True  # mirror each real image with probability 1/2
     mesh: Any = None  # jax Mesh the fakes are sharded over (None: let XLA decide)
+    # GGDR weight; used when the discriminator has a decoder, whose target is the generator's
+    # feature map at discriminator.config.decoder_resolution.
+    ggdr_weight: float = 0.0
+
+    def __post_init__(self):
+        dcfg = self.discriminator.config
+        if self.ggdr_weight and not dcfg.decoder_resolution:
+            raise ValueError("ggdr_weight needs a discriminator with a decoder")
+        if dcfg.decoder_resolution:
+            channels = self.generator.config.channels[dcfg.decoder_resolution.bit_length() - 3]
+            if dcfg.decoder_channels != channels:
+                raise ValueError(
+                    f"the decoder predicts {dcfg.decoder_channels} channels; the generator has "
+                    f"{channels} at resolution {dcfg.decoder_resolution}"
+                )
+
+    @property
+    def ggdr(self) -> bool:
+        return self.discriminator.config.decoder_resolution > 0
 
     @property
     def path_batch(self) -> int:
@@ -188,6 +210,17 @@ def generate(setup: GANSetup, g_params, buffers, inputs: FakeInputs):
     return synthesize(setup, g_params, buffers, w_plus, inputs.noises)
 
 
+def generate_with_features(setup: GANSetup, g_params, buffers, inputs: FakeInputs):
+    """`generate` with the generator's feature maps of the same forward pass (SynthesisOutput)."""
+    w_plus = mixed_w_plus(setup, g_params, buffers, inputs)
+    return setup.generator.apply(
+        {"params": g_params, "buffers": buffers},
+        w_plus,
+        noises=inputs.noises,
+        method=Generator.synthesize_features,
+    )
+
+
 def real_images(setup: GANSetup, images_u8, key):
     """uint8 (N, H, W, 3) -> float in [-1, 1], randomly mirrored when `xflip`."""
     x = images_u8.astype(jnp.float32) / 127.5 - 1.0
@@ -204,26 +237,43 @@ def _discriminate(setup: GANSetup, d_params, images):
 # --- steps --------------------------------------------------------------------------------------
 
 
+def d_loss(d_params, g_params, g_buffers, inputs: FakeInputs, real, *, setup: GANSetup):
+    """D's loss on the fakes of `inputs` and the float `real` images: (loss, metrics).
+
+    Differentiable in d_params only: the fakes, and the GGDR target, are stopped.
+    """
+    made: SynthesisOutput = jax.lax.stop_gradient(
+        generate_with_features(setup, g_params, g_buffers, inputs)
+    )
+    fake_out = setup.discriminator.apply(
+        {"params": d_params}, made.image, method=Discriminator.forward
+    )
+    fake_pred = fake_out.logit[:, 0]
+    real_pred = _discriminate(setup, d_params, real)
+    loss = jnp.mean(jax.nn.softplus(-real_pred)) + jnp.mean(jax.nn.softplus(fake_pred))
+    metrics = {"d_loss": loss, "real_score": jnp.mean(real_pred), "fake_score": jnp.mean(fake_pred)}
+    if not setup.ggdr:
+        return loss, metrics
+    # GGDR on every D step, as the paper trains: the target is the feature map made while
+    # synthesising these very fakes (the other maps are unused, and XLA drops them).
+    target = made.feature_at(setup.discriminator.config.decoder_resolution)  # (N, R, R, C)
+    metrics["ggdr"] = cosine_distance(fake_out.decoded, target)
+    return loss + setup.ggdr_weight * metrics["ggdr"], metrics
+
+
 def d_step(state: GANState, real_u8, *, setup: GANSetup):
     keys = iteration_keys(state.rng, state.step)
     inputs = draw_fake_inputs(setup, keys.d_fake, setup.batch)
-    fake = jax.lax.stop_gradient(generate(setup, state.g_params, state.g_buffers, inputs))
     real = real_images(setup, real_u8, keys.real_flip)
-
-    def loss_fn(d_params):
-        fake_pred = _discriminate(setup, d_params, fake)
-        real_pred = _discriminate(setup, d_params, real)
-        loss = jnp.mean(jax.nn.softplus(-real_pred)) + jnp.mean(jax.nn.softplus(fake_pred))
-        return loss, (jnp.mean(real_pred), jnp.mean(fake_pred))
-
-    (loss, (real_score, fake_score)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.d_params
+    loss_fn = functools.partial(d_loss, setup=setup)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.d_params, state.g_params, state.g_buffers, inputs, real
     )
     updates, d_opt_state = setup.d_optimizer().update(grads, state.d_opt_state, state.d_params)
     state = state.replace(
         d_params=optax.apply_updates(state.d_params, updates), d_opt_state=d_opt_state
     )
-    return state, {"d_loss": loss, "real_score": real_score, "fake_score": fake_score}
+    return state, metrics
 
 
 def d_r1_step(state: GANState, real_u8, *, setup: GANSetup):

@@ -9,6 +9,7 @@ directory layout:
     data/            the procedural training set, rendered once (when not held in memory)
     images/          sample grids (fixed z, EMA generator, fixed noise), PNG
     metrics.jsonl    scalars per `log_every` iterations (means over the interval), also in tensorboard/
+                     (with quality_frechet, quality_kid every `quality_every`: gan_quality.py)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from gangealing_jax.convert.stylegan2 import config_to_dict
 from gangealing_jax.errors import InputFileError
 from gangealing_jax.models.discriminator import Discriminator, DiscriminatorConfig
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig, mean_latent
-from gangealing_jax.training import gan, parallel
+from gangealing_jax.training import gan, gan_quality, parallel
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
 from gangealing_jax.training.config_checks import check_gan_config
 from gangealing_jax.training.metrics_log import MetricsWriter, NonFiniteLossError, check_finite
@@ -61,8 +62,19 @@ def build_setup(config, mesh) -> gan.GANSetup:
         )
     )
     d_channels = tuple(int(c) for c in m.d_channels) or channels
+    # GGDR (configs written before it: off). The decoder exists only when it is trained, so a run
+    # without GGDR keeps the plain discriminator and its checkpoints.
+    ggdr_weight = float(config.get("ggdr_weight", 0.0))
+    decoder_res = int(config.get("ggdr_resolution", 0)) if ggdr_weight > 0 else 0
+    decoder_channels = generator.config.channels[decoder_res.bit_length() - 3] if decoder_res else 0
     discriminator = Discriminator(
-        DiscriminatorConfig(size=m.resolution, channels=d_channels, stddev_group=m.stddev_group)
+        DiscriminatorConfig(
+            size=m.resolution,
+            channels=d_channels,
+            stddev_group=m.stddev_group,
+            decoder_resolution=decoder_res,
+            decoder_channels=decoder_channels,
+        )
     )
     return gan.GANSetup(
         generator=generator,
@@ -78,6 +90,7 @@ def build_setup(config, mesh) -> gan.GANSetup:
         ema_decay=config.ema_decay,
         xflip=config.xflip,
         mesh=mesh,
+        ggdr_weight=ggdr_weight,
     )
 
 
@@ -249,6 +262,22 @@ def _jitted(kind: str, generator: Generator, num: int):
     return _JIT_CACHE[key]
 
 
+def quality_reference(config, images: np.ndarray) -> np.ndarray | None:
+    """Features of the `quality_samples` training images the quality is measured against
+    (a fixed subset; None when `quality_every` is 0)."""
+    if not config.get("quality_every", 0):
+        return None
+    count = min(int(config.quality_samples), len(images))
+    rows = np.random.default_rng([config.seed, 7]).choice(len(images), count, replace=False)
+    return gan_quality.image_features(images[np.sort(rows)])
+
+
+def _quality_key(seed: int) -> jax.Array:
+    # The same latents at every measurement: the numbers move with the generator only. Folded
+    # in, not split off the run's key, so the run's other draws stay as they were.
+    return jax.random.fold_in(jax.random.PRNGKey(seed), 0x9A11)
+
+
 def _host_tree(tree):
     """Replicated device arrays -> numpy (one local copy; works on every host)."""
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
@@ -295,6 +324,16 @@ def train_gan(config, workdir: str | os.PathLike) -> GANRunResult:
     # Scalars are logged under the index of the interval's last iteration (`i`, not `i + 1`).
     writer = MetricsWriter(workdir, enabled=main_process, last_step=step - 1)
     sample_z = jax.random.normal(sample_key, (config.n_samples, config.model.style_dim))
+    quality_every = int(config.get("quality_every", 0))
+    reference = quality_reference(config, images)
+
+    def measure_quality() -> dict:
+        fake = gan_quality.generator_features(
+            setup.generator, _host_tree(state.ema_variables()), _quality_key(config.seed),
+            len(reference),
+        )  # fmt: skip
+        return gan_quality.scores(reference, fake).as_dict("quality_")
+
     sample = _sample_fn(setup.generator)
 
     def write_samples(at_step: int):
@@ -342,6 +381,8 @@ def train_gan(config, workdir: str | os.PathLike) -> GANRunResult:
                 done = i + 1
                 if done % config.log_every == 0 or done == config.steps:
                     means = {k: sums[k] / counts[k] for k in sums}
+                    if quality_every and done % quality_every == 0:
+                        means.update(measure_quality())
                     writer.scalars(i, means)
                     bar.set_postfix(
                         {k: f"{means[k]:.3f}" for k in ("d_loss", "g_loss", "r1") if k in means}
