@@ -17,6 +17,7 @@ from gangealing_jax.losses.gangealing import (
 )
 from gangealing_jax.losses.perceptual import multiscale_structural_distance
 from gangealing_jax.models.stn import STN
+from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
 from gangealing_jax.training.augment import PoseAugmentation
 from gangealing_jax.training.gangealing_step import (
     OptimizerSettings,
@@ -29,7 +30,7 @@ from gangealing_jax.training.gangealing_step import (
 )
 from gangealing_jax.training.parallel import make_mesh
 from gangealing_jax.training.schedules import psi_at_iteration
-from tests.tiny_models import tiny_generator, tiny_stn_config
+from tests.tiny_models import tiny_stn_config
 
 DISTANCE = jax.tree_util.Partial(multiscale_structural_distance)
 
@@ -39,9 +40,12 @@ NO_POSES = PoseAugmentation()
 
 @functools.cache
 def _models(num_heads: int):
-    """The generator, its variables, the STN and its variables, built once per test session:
-    initialising them costs more than the steps the tests take."""
-    generator, gvars = tiny_generator(size=16, style_dim=16, channels=8)
+    """The generator, its variables, the STN and its variables, built once per test run and
+    initialised under jit: op by op, initialising them costs more than the steps the tests take."""
+    generator = Generator(GeneratorConfig(size=16, style_dim=16, n_mlp=2, channels=(8,) * 3))
+    gvars = jax.jit(lambda k: generator.init(k, jnp.zeros((1, 16)), noise_mode="const"))(
+        jax.random.PRNGKey(0)
+    )
     stn = STN(tiny_stn_config(flow_size=16, supersize=16, num_heads=num_heads))
     stn_vars = jax.jit(stn.init)(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
     return generator, gvars, stn, stn_vars
