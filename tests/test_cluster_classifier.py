@@ -32,6 +32,7 @@ from gangealing_jax.models.cluster_classifier import (
 )
 from gangealing_jax.models.stn import STN
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
+from gangealing_jax.ops.precision import Policy
 from gangealing_jax.training.checkpoints import CheckpointManager
 from gangealing_jax.training.cluster_classifier import (
     ClassifierStepSettings,
@@ -309,8 +310,13 @@ def _cli(*args):
 def test_cli_trains_resumes_and_exports(tmp_path, capsys):
     setup, state = _tiny_two_head_run(tmp_path / "run")
     # The classifier is trained against the very generator the run used.
-    teacher = load_trained_run(tmp_path / "run").teacher
-    jax.tree.map(np.testing.assert_array_equal, teacher.frozen.generator, setup.frozen.generator)
+    run = load_trained_run(tmp_path / "run")
+    jax.tree.map(
+        np.testing.assert_array_equal, run.teacher.frozen.generator, setup.frozen.generator
+    )
+    # ... and with the numerics of the run's compute section (here the float32 default).
+    assert run.policy == setup.stn.policy == Policy(matmul_precision="auto")
+    assert run.stn.policy == run.generator.policy == run.policy
     common = [f"--model={tmp_path / 'run'}", f"--workdir={tmp_path / 'cls'}", "--batch=4",
               "--num_devices=1", "--period=2", "--log_every=1", "--ckpt_every=2"]  # fmt: skip
     _cli(*common, "--iters=2")

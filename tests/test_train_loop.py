@@ -49,6 +49,8 @@ def test_run_resume_equals_uninterrupted_and_nan_keeps_checkpoints(tmp_path):
     _, whole_model = load_bundle(whole.model_dir, kind="gangealing")
     meta, resumed_model = load_bundle(resumed.model_dir, kind="gangealing")
     assert meta["step"] == 8 and meta["test_time"]["iters"] == 1
+    # The export records the run's numerics, which the applications then compute with.
+    assert meta["compute"] == {"dtype": "float32", "matmul_precision": "auto", "kernels": "auto"}
     jax.tree.map(np.testing.assert_array_equal, whole_model, resumed_model)
 
     # A NaN in the loss stops the run at its first check (iteration 9, a zero-lr iteration) with the

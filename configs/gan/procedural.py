@@ -23,6 +23,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.lr_mlp = 0.01  # learning-rate multiplier of the mapping network
     c.model.stddev_group = 4  # minibatch-stddev group of the discriminator
 
+    # Numerics of the generator's synthesis network and the discriminator (ops/precision.py);
+    # parameters, optimizer state, EMA and loss reductions stay float32.
+    c.compute = ml_collections.ConfigDict()
+    c.compute.dtype = "float32"  # float32 | bfloat16: dtype of convolution/matmul inputs
+    # auto (CPU: highest, else the backend's default) | highest | high | default
+    c.compute.matmul_precision = "auto"
+    c.compute.kernels = "auto"  # auto (by backend) | cpu (im2col custom VJPs) | xla (plain lax)
+
     # Data: the procedural family, or a prepared dataset of matching resolution.
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # prepared dataset directory; "" = the procedural family below

@@ -38,7 +38,7 @@ def similarity_stage(model: AlignmentModel) -> AlignmentModel:
         raise ConfigError("--warp similarity needs an STN whose first stage is a similarity")
     if len(config.transforms) == 1:
         return model
-    stn = STN(dataclasses.replace(config, transforms=("similarity",)))
+    stn = STN(dataclasses.replace(config, transforms=("similarity",)), policy=model.policy)
     params = {"stns_0": model.variables["params"]["stns_0"]}
     return model._replace(stn=stn, variables={**model.variables, "params": params})
 

@@ -11,6 +11,11 @@ exported classifier, its work directory, or a reference checkpoint with a `class
 the classifier work directory given as the path; `classifier/` beside the model's bundle (in a
 training work directory: train the classifier with `--workdir RUN/classifier`) or inside a
 converted checkpoint; the `classifier` module of a reference checkpoint.
+
+The STN and the classifier compute with the numerics policy (`ops/precision.py`) the model was
+trained with: the `compute` section its export records (or, for exports that predate it, its
+training work directory's config.json); converted and reference checkpoints, which record none,
+get float32 at the backend's precision. `load_model(..., policy=...)` overrides it.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from gangealing_jax.convert.state_dict import CheckpointError, module_state, rea
 from gangealing_jax.convert.stn import load_stn, stn_config_from_dict, stn_variables_from_state
 from gangealing_jax.models.cluster_classifier import ClusterClassifier
 from gangealing_jax.models.stn import STN
+from gangealing_jax.ops.precision import Policy
 
 # What a reference checkpoint does not record; the reference's application scripts pass these.
 DEFAULT_TEST_TIME = {
     "iters": 1, "padding_mode": "border", "flips": False, "mirror_average": False
 }  # fmt: skip
 CLASSIFIER_MODULE = "classifier"  # the classifier's module in reference checkpoints
+UNRECORDED = Policy(matmul_precision="auto")  # a training config's defaults (configs/default.py)
 _MODEL_PATHS = (
     "pass a training work directory, its model/ folder, a converted checkpoint directory or a "
     "reference GANgealing checkpoint (.pt)"
@@ -80,6 +87,10 @@ class AlignmentModel(NamedTuple):
     @property
     def flow_size(self) -> int:
         return self.stn.config.flow_size
+
+    @property
+    def policy(self) -> Policy:
+        return self.stn.policy
 
     @property
     def weights(self):
@@ -142,29 +153,55 @@ def _attach(stn: STN, module: ClusterClassifier, variables, path) -> Classifier:
 
 def _load_classifier(path, stn: STN) -> Classifier:
     config, variables = load_classifier(path, num_heads=stn.config.num_heads)
-    return _attach(stn, ClusterClassifier(config), variables, path)
+    return _attach(stn, ClusterClassifier(config, policy=stn.policy), variables, path)
 
 
-def _load_reference(path: pathlib.Path, module: str, with_classifier: bool) -> AlignmentModel:
+def trained_policy(bundle: pathlib.Path, meta: dict) -> Policy:
+    """The policy of the trained model in `bundle` (its model.json config is `meta`)."""
+    compute = meta.get("compute")
+    source = bundle / "model.json"
+    if compute is None:  # exported before the bundle recorded it: the run's config.json
+        source = bundle.parent / "config.json"
+        try:
+            compute = json.loads(source.read_text()).get("compute") or {}
+        except (OSError, json.JSONDecodeError):
+            compute = {}
+    fields = {k: str(compute[k]) for k in ("dtype", "matmul_precision", "kernels") if k in compute}
+    fields.setdefault("matmul_precision", "auto")
+    try:
+        return Policy(**fields)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: its compute section has {e}") from None
+
+
+def _load_reference(
+    path: pathlib.Path, module: str, with_classifier: bool, policy: Policy
+) -> AlignmentModel:
     """A reference checkpoint, read once for the STN and (when asked and present) its
     classifier."""
     flat = read_checkpoint(path)
     config, variables = stn_variables_from_state(module_state(flat, module, str(path)), str(path))
-    model = AlignmentModel(STN(config), variables, dict(DEFAULT_TEST_TIME), str(path))
+    model = AlignmentModel(
+        STN(config, policy=policy), variables, dict(DEFAULT_TEST_TIME), str(path)
+    )
     if not with_classifier or not any(k.startswith(CLASSIFIER_MODULE + "/") for k in flat):
         return model
     state = module_state(flat, CLASSIFIER_MODULE, str(path))
     cls_config, cls_vars = classifier_variables_from_state(state, str(path), config.num_heads)
     return model._replace(
-        classifier=_attach(model.stn, ClusterClassifier(cls_config), cls_vars, path)
+        classifier=_attach(model.stn, ClusterClassifier(cls_config, policy=policy), cls_vars, path)
     )
 
 
 def load_model(
-    path: str | os.PathLike, module: str = "t_ema", classifier: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    module: str = "t_ema",
+    classifier: str | os.PathLike | None = None,
+    policy: Policy | None = None,
 ) -> AlignmentModel:
     """The alignment model at `path`, with its cluster classifier when one is found (see the
-    module docstring); `classifier` names one explicitly."""
+    module docstring); `classifier` names one explicitly. `policy`: the numerics to run with
+    (None: those it was trained with, float32 for checkpoints that do not record them)."""
     given = os.fspath(path)  # errors name the path as the user typed it
     path = pathlib.Path(path)
     found = None  # a classifier found next to (or instead of) the model
@@ -178,7 +215,7 @@ def load_model(
     if bundle_kind(path) == TRAINED_MODEL_KIND:
         meta, variables = load_bundle(path, kind=TRAINED_MODEL_KIND)
         test_time = {**DEFAULT_TEST_TIME, **meta.get("test_time", {})}
-        stn = STN(stn_config_from_dict(meta["stn"]))
+        stn = STN(stn_config_from_dict(meta["stn"]), policy=policy or trained_policy(path, meta))
         model = AlignmentModel(stn, variables["stn"], test_time, str(path))
         found = found or _classifier_bundle(path.parent / CLASSIFIER_MODULE)
     elif not path.exists():
@@ -189,10 +226,11 @@ def load_model(
         )
     elif path.is_dir():  # a converted checkpoint: one bundle per module
         config, variables = load_stn(path, module=module)
-        model = AlignmentModel(STN(config), variables, dict(DEFAULT_TEST_TIME), str(path))
+        stn = STN(config, policy=policy or UNRECORDED)
+        model = AlignmentModel(stn, variables, dict(DEFAULT_TEST_TIME), str(path))
         found = _classifier_bundle(path / CLASSIFIER_MODULE)
     else:
-        model = _load_reference(path, module, with_classifier=classifier is None)
+        model = _load_reference(path, module, classifier is None, policy or UNRECORDED)
     if classifier is not None:
         return model._replace(classifier=_load_classifier(classifier, model.stn))
     if found is not None:

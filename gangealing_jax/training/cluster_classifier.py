@@ -51,9 +51,10 @@ from gangealing_jax.models.cluster_classifier import ClusterClassifier, classifi
 from gangealing_jax.models.stn import STN
 from gangealing_jax.models.stylegan2 import Generator
 from gangealing_jax.models.stylegan2_ada import make_generator
+from gangealing_jax.ops.precision import Policy
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
 from gangealing_jax.training.config_checks import check_classifier_args
-from gangealing_jax.training.gangealing_setup import load_frozen_generator
+from gangealing_jax.training.gangealing_setup import compute_policy, load_frozen_generator
 from gangealing_jax.training.metrics_log import MetricsWriter, check_finite
 from gangealing_jax.training.parallel import DATA_AXIS, make_mesh, replicate, replicated
 from gangealing_jax.training.schedules import lr_cycle_iters, make_lr_schedule
@@ -225,6 +226,7 @@ class TrainedRun(NamedTuple):
     teacher: Teacher
     distance: Any
     model_dir: pathlib.Path
+    policy: Policy  # the run's compute section: the classifier trains with it too
 
 
 def load_trained_run(run_dir: str | os.PathLike) -> TrainedRun:
@@ -236,6 +238,7 @@ def load_trained_run(run_dir: str | os.PathLike) -> TrainedRun:
             f"{run_dir}: not a finished GANgealing work directory (needs config.json and model/)"
         )
     config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+    policy = compute_policy(config)
     meta, variables = load_bundle(model_dir, kind=TRAINED_MODEL_KIND)
     # The run drew its generator key first from PRNGKey(seed) (matters for "random" generators).
     g_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)[0]
@@ -247,16 +250,16 @@ def load_trained_run(run_dir: str | os.PathLike) -> TrainedRun:
             f"{run_dir}: the generator named in config.json ({config.generator.checkpoint}) is "
             "not the one the model was trained with"
         )
-    stn = STN(stn_config_from_dict(meta["stn"]))
+    stn = STN(stn_config_from_dict(meta["stn"]), policy=policy)
     congealing = variables["congealing"]
     teacher = Teacher(
         Frozen(gvars, jnp.asarray(congealing["directions"]), jnp.asarray(congealing["lat_mean"])),
         jax.tree.map(jnp.asarray, variables["stn"]),
         jnp.asarray(congealing["coefficients"]),
     )
-    return TrainedRun(
-        config, make_generator(gconfig), stn, teacher, get_perceptual_loss(config), model_dir
-    )
+    generator = make_generator(gconfig, policy=policy)
+    distance = get_perceptual_loss(config, policy)
+    return TrainedRun(config, generator, stn, teacher, distance, model_dir, policy)
 
 
 def run_objective_settings(run: TrainedRun) -> ObjectiveSettings:
@@ -307,7 +310,7 @@ def train_classifier(
         tm=int(run.config.tm), decay=float(run.config.decay),
     )  # fmt: skip
     classifier = ClusterClassifier(
-        classifier_config_for_stn(run.stn.config, settings.objective.flips)
+        classifier_config_for_stn(run.stn.config, settings.objective.flips), policy=run.policy
     )
     if classifier.config.num_classes < 2:
         raise InputFileError(

@@ -86,6 +86,12 @@ class _Checker:
             self.fail(field, f"{value} is not divisible by {reason} ({by})", fix)
 
 
+def _check_compute(c: _Checker) -> None:
+    c.choice("compute.dtype", tuple(precision.DTYPES))
+    c.choice("compute.matmul_precision", ("auto", *precision.PRECISIONS))
+    c.choice("compute.kernels", precision.KERNELS)
+
+
 def check_gangealing_config(config, device_count: int | None = None) -> None:
     """Raises ConfigError (or InputFileError, MissingWeightsError) for the first bad field of a
     `configs/default.py`-style config. `device_count`: the devices the run will shard over."""
@@ -111,9 +117,7 @@ def check_gangealing_config(config, device_count: int | None = None) -> None:
     batch = c.positive_int("batch", 40)
     accum = c.positive_int("grad_accum", 1)
     c.divisible("batch", batch, accum, "--config.grad_accum")
-    c.choice("compute.dtype", tuple(precision.DTYPES))
-    c.choice("compute.matmul_precision", ("auto", *precision.PRECISIONS))
-    c.choice("compute.kernels", precision.KERNELS)
+    _check_compute(c)
     c.positive_int("inject", 5)
     ndirs = c.positive_int("ndirs", 1)
     c.number("num_pca_samples", low=max(ndirs, 2), integer=True, example=100_000)
@@ -191,6 +195,7 @@ def check_gan_config(config, device_count: int | None = None) -> None:
     c.positive_int("model.n_mlp", 4)
     c.number("model.lr_mlp", low=0, low_open=True, example=0.01)
     c.positive_int("model.stddev_group", 4)
+    _check_compute(c)
     c.existing_path("data.path", what="prepared dataset")
     c.positive_int("data.size", 20_000)
     c.number("data.in_memory_max_mb", low=0, example=256)

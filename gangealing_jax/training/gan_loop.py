@@ -34,6 +34,7 @@ from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig, mean_lat
 from gangealing_jax.training import gan, gan_quality, parallel
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
 from gangealing_jax.training.config_checks import check_gan_config
+from gangealing_jax.training.gangealing_setup import compute_policy
 from gangealing_jax.training.metrics_log import MetricsWriter, NonFiniteLossError, check_finite
 
 MEAN_LATENT_FILE = "mean_latent.npy"
@@ -51,6 +52,7 @@ class GANRunResult(NamedTuple):
 
 def build_setup(config, mesh) -> gan.GANSetup:
     m = config.model
+    policy = compute_policy(config)
     channels = tuple(int(c) for c in m.channels)
     generator = Generator(
         GeneratorConfig(
@@ -59,7 +61,8 @@ def build_setup(config, mesh) -> gan.GANSetup:
             n_mlp=m.n_mlp,
             channels=channels,
             lr_mlp=m.lr_mlp,
-        )
+        ),
+        policy=policy,
     )
     d_channels = tuple(int(c) for c in m.d_channels) or channels
     # GGDR (configs written before it: off). The decoder exists only when it is trained, so a run
@@ -74,7 +77,8 @@ def build_setup(config, mesh) -> gan.GANSetup:
             stddev_group=m.stddev_group,
             decoder_resolution=decoder_res,
             decoder_channels=decoder_channels,
-        )
+        ),
+        policy=policy,
     )
     return gan.GANSetup(
         generator=generator,

@@ -7,6 +7,7 @@ cleanly.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 from typing import NamedTuple
@@ -88,6 +89,7 @@ def export_model(directory, config, setup: RunSetup, state) -> pathlib.Path:
         "step": int(state.step),
         "test_time": config.test_time.to_dict(),
         "train_padding_mode": config.stn.padding_mode,
+        "compute": dataclasses.asdict(setup.stn.policy),  # what the applications run with
     }
     # The whole folder is swapped in at once: a failed export leaves the previous one loadable.
     with atomic.staged_directory(directory) as tmp:
