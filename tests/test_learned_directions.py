@@ -115,9 +115,7 @@ def test_resume_is_exact(tmp_path):
     trained = np.asarray(directions_of(params, run.generator, run.settings))
     matches = np.abs(b.vectors @ trained.T)  # |cos| between exported and trained rows
     np.testing.assert_allclose(np.sort(matches.max(axis=1)), 1.0, atol=1e-5)
-    np.testing.assert_allclose(
-        b.std, np.std(run.samples @ b.vectors.T, axis=0, ddof=1), rtol=1e-4
-    )
+    np.testing.assert_allclose(b.std, np.std(run.samples @ b.vectors.T, axis=0, ddof=1), rtol=1e-4)
     records = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[-1] == {"step": 4, **straight.metrics}
