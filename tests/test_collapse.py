@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import embedded
 from gangealing_jax.losses.gangealing import ObjectiveSettings, gangealing_objective
 from gangealing_jax.losses.perceptual import multiscale_structural_distance
 from gangealing_jax.losses.regularizers import grid_zoom, zoom_out_penalty
@@ -134,3 +135,40 @@ def test_statistics_are_means_over_rows_so_any_split_of_the_batch_agrees():
     for key in collapse.KEYS:
         np.testing.assert_allclose(whole[key], (first[key] + second[key]) / 2, rtol=1e-5)
     np.testing.assert_allclose(whole["collapse_variance_ratio"], (1.0 + 0.01) / 2, rtol=1e-4)
+
+
+def _small_object_scene(n=4, size=32, seed=2):
+    """A small left-right symmetric object (a quarter of the side) centred on an asymmetric,
+    busy background: the butterflies' situation in miniature."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(-1, 1, (n, 8, 8, 3)).astype(np.float32)
+    images = np.kron(coarse, np.ones((1, size // 8, size // 8, 1), np.float32))
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    body = (np.abs(xx) / 5) ** 2 + (yy / 3) ** 2 < 1  # an ellipse: mirror-symmetric
+    images[:, body] = [0.9, 0.6, -0.8]
+    return jnp.asarray(images)
+
+
+def test_the_guard_makes_the_flat_patch_lose_where_the_symmetry_term_prefers_it():
+    images = _small_object_scene()
+    aligned_grid = affine_grid(jnp.broadcast_to(jnp.eye(2, 3), (4, 2, 3)), (32, 32))
+    zoomed_grid = affine_grid(jnp.broadcast_to(14.0 * jnp.eye(2, 3), (4, 2, 3)), (32, 32))
+    aligned = grid_sample(images, aligned_grid, "border")
+    flat = grid_sample(images, zoomed_grid, "border")  # wedges of edge colour
+
+    def symmetry(x):
+        return float(jnp.mean(multiscale_structural_distance(x, jnp.flip(x, axis=2))))
+
+    # The driver of the collapse: a mirror-symmetry prior finds the flat patch more symmetric
+    # than the aligned object on its asymmetric background.
+    assert symmetry(flat) < symmetry(aligned)
+    # With the guard at the embedded recipe's weight and bound, the flat patch costs more.
+    recipe = embedded.get_config()
+    weight, bound = recipe.zoom_out_weight, recipe.zoom_out_max
+    assert weight > 0 and recipe.symmetry_weight > 0
+    assert float(zoom_out_penalty(aligned_grid, bound)) == 0.0
+
+    def cost(x, grid):
+        return recipe.symmetry_weight * symmetry(x) + weight * float(zoom_out_penalty(grid, bound))
+
+    assert cost(flat, zoomed_grid) > cost(aligned, aligned_grid) + 1.0
