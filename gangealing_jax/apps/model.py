@@ -38,7 +38,7 @@ from gangealing_jax.convert.state_dict import CheckpointError, module_state, rea
 from gangealing_jax.convert.stn import load_stn, stn_config_from_dict, stn_variables_from_state
 from gangealing_jax.models.cluster_classifier import ClusterClassifier
 from gangealing_jax.models.stn import STN
-from gangealing_jax.ops.precision import Policy
+from gangealing_jax.ops.precision import Policy, policy_from_fields
 
 # What a reference checkpoint does not record; the reference's application scripts pass these.
 DEFAULT_TEST_TIME = {
@@ -166,10 +166,8 @@ def trained_policy(bundle: pathlib.Path, meta: dict) -> Policy:
             compute = json.loads(source.read_text()).get("compute") or {}
         except (OSError, json.JSONDecodeError):
             compute = {}
-    fields = {k: str(compute[k]) for k in ("dtype", "matmul_precision", "kernels") if k in compute}
-    fields.setdefault("matmul_precision", "auto")
     try:
-        return Policy(**fields)
+        return policy_from_fields(compute)
     except ValueError as e:
         raise CheckpointError(f"{source}: its compute section has {e}") from None
 

@@ -83,6 +83,15 @@ class Policy:
         return x.astype(self.compute_dtype)
 
 
+def policy_from_fields(compute) -> Policy:
+    """The Policy a config's or a bundle's `compute` mapping names; absent fields take the
+    defaults, `matmul_precision` the backend's (auto). ValueError names a bad field."""
+    compute = compute or {}
+    fields = {k: str(compute[k]) for k in ("dtype", "matmul_precision", "kernels") if k in compute}
+    fields.setdefault("matmul_precision", "auto")
+    return Policy(**fields)
+
+
 def widen(x):
     """x back in at least float32: where a reduced-precision product re-enters float32 code."""
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))

@@ -22,7 +22,7 @@ from gangealing_jax.losses.perceptual import get_perceptual_loss
 from gangealing_jax.models.stn import STN, STNConfig
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
 from gangealing_jax.models.stylegan2_ada import AdaGeneratorConfig, make_generator
-from gangealing_jax.ops.precision import Policy
+from gangealing_jax.ops.precision import Policy, policy_from_fields
 from gangealing_jax.training.augment import PoseAugmentation
 from gangealing_jax.training.congealing_basis import (
     REFERENCE_BASIS,
@@ -107,11 +107,8 @@ def tracked_mean_w(gconfig, gvars):
 
 def compute_policy(config) -> Policy:
     """The `compute` fields as a Policy (configs written before they existed: the defaults)."""
-    compute = config.get("compute") or {}
-    fields = {k: str(compute[k]) for k in ("dtype", "matmul_precision", "kernels") if k in compute}
-    fields.setdefault("matmul_precision", "auto")
     try:
-        return Policy(**fields)
+        return policy_from_fields(config.get("compute"))
     except ValueError as e:
         raise ConfigError(f"--config.compute.{e}") from None
 
