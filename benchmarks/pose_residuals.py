@@ -1,6 +1,6 @@
-"""How much of each held-out face's pose a trained similarity STN undoes.
+"""How much of each held-out object's pose a trained similarity STN undoes.
 
-Each procedural face is placed by a known similarity pose (and mirror), so the STN's matrix
+Each procedural face (or butterfly: `--family`) is placed by a known similarity pose (and mirror), so the STN's matrix
 composed with the inverse pose is what is left of the pose after congealing: a constant for a
 perfect STN (every face lands in one canonical pose). Per parameter (rotation in degrees, log
 scale, shift x and y; the pose's shifts in normalised frame units, the residual's in canonical face
@@ -11,7 +11,7 @@ units) this prints, as one JSON line each:
 - `undone_fraction`: the slope of (pose + residual) against the pose (1 = fully undone, 0 = ignored);
 - `unexplained_std`: the residual spread that is not a fixed fraction of the pose (noise).
 
-    python -m benchmarks.pose_residuals runs/embedded [--count 300]
+    python -m benchmarks.pose_residuals runs/embedded [--count 300] [--family butterflies]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.similarity_ceiling import EVAL_SEED
 from gangealing_jax.apps.model import load_model, stn_input
-from gangealing_jax.data import procedural
+from gangealing_jax.data import families, procedural
 
 MIRROR = np.diag([-1.0, 1.0, 1.0])
 
@@ -66,14 +66,15 @@ def main(argv=None):
     parser.add_argument("model", help="exported model directory (a run's workdir or its model/)")
     parser.add_argument("--count", type=int, default=300, help="faces rendered")
     parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--family", default="faces", choices=sorted(families.FAMILIES))
     args = parser.parse_args(argv)
     model = load_model(args.model)
-    config = procedural.ProceduralConfig(resolution=args.resolution, clutter_range=(1, 4))
+    family = families.family_module(args.family)
+    config = families.family_config(args.family, resolution=args.resolution, clutter_range=(1, 4))
     scenes = [
-        procedural.sample_scene(procedural.sample_rng(EVAL_SEED, i), config)
-        for i in range(args.count)
+        family.sample_scene(procedural.sample_rng(EVAL_SEED, i), config) for i in range(args.count)
     ]
-    images = np.stack([procedural.render_scene(scene, config).image for scene in scenes])
+    images = np.stack([family.render_scene(scene, config).image for scene in scenes])
     images = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
     out = model.congeal(stn_input(images, model.flow_size), images)
     if out.matrix is None:
@@ -84,7 +85,8 @@ def main(argv=None):
     for j, name in enumerate(("rotation_deg", "log_scale", "shift_x", "shift_y")):
         slope, offset = np.polyfit(placed[:, j], residual[:, j], 1)
         print(json.dumps({
-            "benchmark": "pose_residuals", "parameter": name, "faces": len(scenes),
+            "benchmark": "pose_residuals", "family": args.family, "parameter": name,
+            "objects": len(scenes),
             "identity_std": float(placed[:, j].std()), "residual_std": float(residual[:, j].std()),
             "undone_fraction": float(1.0 + slope),
             "unexplained_std": float((residual[:, j] - slope * placed[:, j] - offset).std()),

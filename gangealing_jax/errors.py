@@ -47,7 +47,7 @@ class MissingDependencyError(GangealingError, ImportError):
     """An optional package (a video decoder, scipy, torch) that this input needs is absent."""
 
 
-def _debug_requested() -> bool:
+def debug_requested() -> bool:
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         return True
     try:  # absl's --verbosity, when the entry point parsed absl flags
@@ -77,13 +77,13 @@ def entry_point(main):
         try:
             return main(*args, **kwargs)
         except EXPECTED as err:
-            if _debug_requested():
+            if debug_requested():
                 raise
             raise SystemExit(report(err)) from None
         except KeyboardInterrupt:
             # Ctrl-C outside a training loop's own handler (during setup, an export, an app):
             # nothing half-written is kept (every write is atomic), so one line is enough.
-            if _debug_requested():
+            if debug_requested():
                 raise
             print("interrupted", file=sys.stderr)
             raise SystemExit(INTERRUPTED_CODE) from None

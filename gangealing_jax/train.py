@@ -12,18 +12,17 @@ import json
 import pathlib
 import time
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 import configs
 from gangealing_jax.apps.evaluate import evaluate_run, write_summary
+from gangealing_jax.config_cli import define_config_flag, run, start_main
 from gangealing_jax.errors import entry_point
 from gangealing_jax.training.gangealing_loop import train
 
 DEFAULT_CONFIG = pathlib.Path(configs.__file__).resolve().parent / "embedded.py"
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(DEFAULT_CONFIG), "configs/*.py file", lock_config=True
-)
+_CONFIG = define_config_flag(str(DEFAULT_CONFIG), "configs/*.py file")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "checkpoints, logs, visuals, model (default: runs/<config name>)"
 )
@@ -31,10 +30,7 @@ _WORKDIR = flags.DEFINE_string(
 
 @entry_point
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    start_main(argv)
     started = time.time()
     config = _CONFIG.value
     workdir = _WORKDIR.value or f"runs/{_config_name()}"
@@ -58,4 +54,4 @@ def _config_name() -> str:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -9,8 +9,9 @@ the run (`apps.model.load_model`). Rerunning with the same --workdir resumes; SI
 exits.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from gangealing_jax.config_cli import start_main
 from gangealing_jax.errors import entry_point
 from gangealing_jax.training.cluster_classifier import train_classifier
 
@@ -28,12 +29,9 @@ _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "devices of the mesh (0 = 
 
 @entry_point
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    start_main(argv)
     if not _MODEL.value or not _WORKDIR.value:
         raise app.UsageError("--model and --workdir are required")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     result = train_classifier(
         _MODEL.value, _WORKDIR.value, iters=_ITERS.value, batch=_BATCH.value, lr=_LR.value,
         period=_PERIOD.value, seed=_SEED.value, ckpt_every=_CKPT_EVERY.value,

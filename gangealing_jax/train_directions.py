@@ -8,25 +8,20 @@ learned --directions ...`, or congeal along it with --config.congealing.basis=..
 with the same --workdir resumes; SIGTERM saves and exits.
 """
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
 
+from gangealing_jax.config_cli import define_config_flag, run, start_main
 from gangealing_jax.errors import entry_point
 from gangealing_jax.training.directions_loop import train_directions
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "configs/directions/*.py file", lock_config=True
-)
+_CONFIG = define_config_flag(None, "configs/directions/*.py file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "checkpoints, logs and directions.npz")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 @entry_point
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    start_main(argv)
     result = train_directions(_CONFIG.value, _WORKDIR.value)
     what = "interrupted" if result.interrupted else "finished"
     print(f"{what} at iteration {result.step}; directions written to {result.directions_path}")
@@ -34,4 +29,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

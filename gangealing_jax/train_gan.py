@@ -8,23 +8,20 @@ Rerunning with the same --workdir resumes from its latest checkpoint. SIGTERM sa
 
 import pathlib
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
 
+from gangealing_jax.config_cli import define_config_flag, run, start_main
 from gangealing_jax.errors import entry_point
 from gangealing_jax.training.gan_loop import train_gan
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/gan/*.py file", lock_config=True)
+_CONFIG = define_config_flag(None, "configs/gan/*.py file")
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for checkpoints, samples and the export")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 @entry_point
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+    start_main(argv)
     result = train_gan(_CONFIG.value, _WORKDIR.value)
     what = "interrupted" if result.interrupted else "finished"
     npz = pathlib.Path(_WORKDIR.value) / "generator.npz"
@@ -33,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -47,6 +47,16 @@ def test_each_command_line_entry_point_prints_one_line_and_exits_2(tmp_path):
             "error: --config.data.path=/no/such/data: no such prepared dataset; give an "
             "existing path",
         ),
+        "train, a misspelt field": (
+            ["gangealing_jax.train", "--config", "configs/test.py", f"--workdir={work}",
+             "--config.batc=4"],
+            "error: --config.batc=4: the config has no field 'batc'; did you mean 'batch'?",
+        ),
+        "train_directions, a field of no config": (
+            ["gangealing_jax.train_directions", "--config", "configs/directions/test.py",
+             f"--workdir={work}", "--config.reconstructor.nonsense=1"],
+            "error: --config.reconstructor.nonsense=1: the config has no field 'nonsense'",
+        ),
         "train_cluster_classifier": (
             ["gangealing_jax.train_cluster_classifier", "--model=/no/such/run",
              f"--workdir={work}", "--batch=0"],
