@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from benchmarks.common import device_summary, emit, timed_calls
-from gangealing_jax.training import gan, gan_loop, parallel
+from gangealing_jax.training import gan_iteration, gan_loop, parallel
 
 
 def load_config(path: str):
@@ -35,7 +35,7 @@ def time_case(config, ggdr_weight: float, cycles: int) -> dict:
     config.ggdr_weight = ggdr_weight
     mesh = parallel.make_mesh()
     setup = gan_loop.build_setup(config, mesh)
-    steps = gan.make_steps(setup)
+    steps = gan_iteration.make_steps(setup)
     state = gan_loop.init_replicated(setup, jax.random.PRNGKey(config.seed))
     res = config.model.resolution
     images = np.random.default_rng(0).integers(0, 256, (config.batch, res, res, 3), np.uint8)
@@ -46,7 +46,7 @@ def time_case(config, ggdr_weight: float, cycles: int) -> dict:
     def cycle():
         nonlocal state
         for _ in range(period):
-            state, metrics = gan.train_iteration(steps, setup, state, real, step[0])
+            state, metrics = gan_iteration.train_iteration(steps, setup, state, real, step[0])
             step[0] += 1
         jax.block_until_ready((state, metrics))
 

@@ -16,7 +16,7 @@ from configs.gan import test as test_config
 from gangealing_jax.convert.bundle import unpack_bundle
 from gangealing_jax.convert.stylegan2 import load_generator
 from gangealing_jax.models.stylegan2 import Generator
-from gangealing_jax.training import checkpoints, gan, gan_loop, parallel
+from gangealing_jax.training import checkpoints, gan_iteration, gan_loop, parallel
 from gangealing_jax.training.metrics_log import NonFiniteLossError
 
 
@@ -73,7 +73,7 @@ def test_resume_repeats_the_uninterrupted_run(straight_run, tmp_path):
     assert all(r["d_loss"] != 9.0 for r in _records(tmp_path))
     # The jitted steps were traced once for all three runs (equal setups share them).
     setup = gan_loop.build_setup(_config(), parallel.make_mesh())
-    steps = gan.make_steps(setup, fast_compile=True)
+    steps = gan_iteration.make_steps(setup, fast_compile=True)
     assert all(fn._cache_size() == 1 for fn in steps)
 
 
@@ -113,10 +113,12 @@ def test_sharded_iteration_equals_single_device():
         # with the training runs above (and checked there through their cache size).
         chex.clear_trace_counter()
         max_traces = 1 if len(devices) == 1 else None
-        steps = gan.make_steps(setup, max_traces=max_traces, fast_compile=config.fast_compile)
+        steps = gan_iteration.make_steps(
+            setup, max_traces=max_traces, fast_compile=config.fast_compile
+        )
         state = parallel.replicate(state0, mesh)
         for i in range(2):  # a regularised iteration, then a plain one
-            state, metrics = gan.train_iteration(
+            state, metrics = gan_iteration.train_iteration(
                 steps, setup, state, parallel.shard_batch(real, mesh), i
             )
         finals.append((jax.device_get(state), jax.device_get(metrics)))
@@ -144,7 +146,7 @@ def test_sigterm_saves_and_stops(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    real_iteration = gan.train_iteration
+    real_iteration = gan_iteration.train_iteration
 
     def failing(steps, setup, state, real, step):
         state, metrics = real_iteration(steps, setup, state, real, step)
@@ -152,7 +154,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
             metrics = {**metrics, "g_loss": jnp.float32(np.nan)}
         return state, metrics
 
-    monkeypatch.setattr(gan_loop.gan, "train_iteration", failing)
+    monkeypatch.setattr(gan_loop.gan_iteration, "train_iteration", failing)
     with pytest.raises(NonFiniteLossError, match="step 2.*g_loss=nan"):
         gan_loop.train_gan(_config(), tmp_path)
     assert os.listdir(tmp_path / "checkpoints") == ["2"]

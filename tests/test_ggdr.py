@@ -17,7 +17,7 @@ from gangealing_jax.errors import ConfigError
 from gangealing_jax.losses.ggdr import cosine_distance
 from gangealing_jax.models.discriminator import Discriminator, DiscriminatorConfig
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig, broadcast_w
-from gangealing_jax.training import gan, gan_loop, gan_quality, parallel
+from gangealing_jax.training import gan, gan_iteration, gan_loop, gan_quality, parallel
 from gangealing_jax.training.config_checks import check_gan_config
 
 
@@ -172,7 +172,7 @@ def test_sharded_ggdr_d_steps_equal_single_device():
     finals = []
     for devices in (jax.devices()[:1], jax.devices()):
         setup = _setup(config, devices=devices)
-        steps = gan.make_steps(setup, fast_compile=True)
+        steps = gan_iteration.make_steps(setup, fast_compile=True)
         state = parallel.replicate(state0, setup.mesh)
         batch = parallel.shard_batch(real, setup.mesh)
         state, metrics = steps.d(state, batch)

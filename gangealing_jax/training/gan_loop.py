@@ -31,7 +31,7 @@ from gangealing_jax.convert.stylegan2 import config_to_dict
 from gangealing_jax.errors import InputFileError
 from gangealing_jax.models.discriminator import Discriminator, DiscriminatorConfig
 from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig, mean_latent
-from gangealing_jax.training import gan, gan_quality, parallel
+from gangealing_jax.training import gan, gan_iteration, gan_quality, parallel
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
 from gangealing_jax.training.config_checks import check_gan_config
 from gangealing_jax.training.gangealing_setup import compute_policy
@@ -314,7 +314,7 @@ def train_gan(config, workdir: str | os.PathLike) -> GANRunResult:
     mesh = parallel.make_mesh()
     setup = build_setup(config, mesh)
     parallel.check_batch_size(config.batch, mesh)
-    steps = gan.make_steps(setup, fast_compile=config.fast_compile)
+    steps = gan_iteration.make_steps(setup, fast_compile=config.fast_compile)
     images = training_images(config, workdir)
     rows = parallel.process_batch_slice(config.batch)
 
@@ -376,7 +376,7 @@ def train_gan(config, workdir: str | os.PathLike) -> GANRunResult:
             for i in bar:
                 idx = batch_indices(i, config.batch, len(images), config.data.seed)
                 real = parallel.shard_batch(images[np.sort(idx[rows])], mesh)
-                state, metrics = gan.train_iteration(steps, setup, state, real, i)
+                state, metrics = gan_iteration.train_iteration(steps, setup, state, real, i)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 check_finite(metrics, i, ckpt_dir)
                 for k, v in metrics.items():
