@@ -1,8 +1,8 @@
 """How much of each held-out object's pose a trained similarity STN undoes.
 
-Each procedural face (or butterfly: `--family`) is placed by a known similarity pose (and mirror), so the STN's matrix
-composed with the inverse pose is what is left of the pose after congealing: a constant for a
-perfect STN (every face lands in one canonical pose). Per parameter (rotation in degrees, log
+Each procedural face (or butterfly: `--family`) is placed by a known similarity pose (and
+mirror), so the STN's matrix composed with the inverse pose is what is left of the pose after
+congealing: a constant for a perfect STN (every object lands in one canonical pose). Per parameter (rotation in degrees, log
 scale, shift x and y; the pose's shifts in normalised frame units, the residual's in canonical face
 units) this prints, as one JSON line each:
 
@@ -64,7 +64,7 @@ def residual_and_pose(matrix: np.ndarray, pose: procedural.Pose) -> tuple[np.nda
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="exported model directory (a run's workdir or its model/)")
-    parser.add_argument("--count", type=int, default=300, help="faces rendered")
+    parser.add_argument("--count", type=int, default=300, help="held-out images rendered")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--family", default="faces", choices=sorted(families.FAMILIES))
     args = parser.parse_args(argv)

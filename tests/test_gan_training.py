@@ -16,7 +16,7 @@ from configs.gan import test as test_config
 from gangealing_jax.convert.bundle import unpack_bundle
 from gangealing_jax.convert.stylegan2 import load_generator
 from gangealing_jax.models.stylegan2 import Generator
-from gangealing_jax.training import checkpoints, gan_iteration, gan_loop, parallel
+from gangealing_jax.training import checkpoints, gan_iteration, gan_loop, generator_export, parallel
 from gangealing_jax.training.metrics_log import NonFiniteLossError
 
 
@@ -85,7 +85,7 @@ def test_exported_generator_loads_and_generates(straight_run):
     z = jax.random.normal(jax.random.PRNGKey(3), (3, config.style_dim))
     images = Generator(config).apply(variables, z, noise_mode="const")
     assert images.shape == (3, 8, 8, 3) and bool(jnp.all(jnp.isfinite(images)))
-    w_mean = gan_loop.read_mean_latent(workdir / "generator")
+    w_mean = generator_export.read_mean_latent(workdir / "generator")
     assert w_mean.shape == (1, config.style_dim) and np.all(np.isfinite(w_mean))
     # The packed single-file form (what the package ships) holds the same generator and mean w.
     packed_config, packed = load_generator(workdir / "generator.npz")

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from gangealing_jax.training import checkpoint_integrity as integrity
+from gangealing_jax.training import parallel
 
 # Room asked for beyond the raw size of the state (metadata, filesystem slack).
 _DISK_MARGIN_BYTES = 16 * 2**20
@@ -188,7 +189,7 @@ class CheckpointManager:
         moved = self.directory / integrity.DAMAGED_DIR / f"{step}-{damage.kind}"
         if jax.process_index() == 0:
             moved = integrity.set_aside(self.directory, step, damage)
-        _sync_processes(f"checkpoint_set_aside_{step}")
+        parallel.sync_processes(f"checkpoint_set_aside_{step}")
         self._manager.reload()
         older = [s for s in self.all_steps() if s < step]
         then = f"trying step {older[-1]}" if older else "no older checkpoint: starting afresh"
@@ -202,13 +203,6 @@ class CheckpointManager:
     def _remove_partial_saves(self) -> None:
         for path in self.directory.glob("*.orbax-checkpoint-tmp*"):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _sync_processes(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def _is_replicated(x) -> bool:

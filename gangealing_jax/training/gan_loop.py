@@ -25,19 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gangealing_jax import atomic
-from gangealing_jax.convert.bundle import load_bundle, pack_bundle, save_bundle
-from gangealing_jax.convert.stylegan2 import config_to_dict
 from gangealing_jax.errors import InputFileError
 from gangealing_jax.models.discriminator import Discriminator, DiscriminatorConfig
-from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig, mean_latent
-from gangealing_jax.training import gan, gan_iteration, gan_quality, parallel
+from gangealing_jax.models.stylegan2 import Generator, GeneratorConfig
+from gangealing_jax.training import gan, gan_iteration, gan_quality, generator_export, parallel
 from gangealing_jax.training.checkpoints import CheckpointManager, TerminationRequest
 from gangealing_jax.training.config_checks import check_gan_config
 from gangealing_jax.training.gangealing_setup import compute_policy
 from gangealing_jax.training.metrics_log import MetricsWriter, NonFiniteLossError, check_finite
 
-MEAN_LATENT_FILE = "mean_latent.npy"
 _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
@@ -161,7 +157,7 @@ def _procedural_on_disk(
         shutil.rmtree(path)  # an interrupted rendering (no meta.json)
     if jax.process_index() == 0:
         prepared.write_procedural_dataset(str(path), size, seed, family, family=name)
-    _sync("procedural_data")
+    parallel.sync_processes("procedural_data")
     return prepared.PreparedDataset(str(path)).images
 
 
@@ -178,53 +174,6 @@ def batch_indices(step: int, batch: int, count: int, seed: int) -> np.ndarray:
         sel = epochs == epoch
         out[sel] = order[offsets[sel]]
     return out
-
-
-# --- export ------------------------------------------------------------------------------------
-
-
-def export_generator(directory, setup: gan.GANSetup, state: gan.GANState, key, num_samples: int):
-    """Writes the EMA generator as a 'generator' bundle plus its mean w (`mean_latent.npy`).
-
-    Written beside and swapped in by renames (`atomic`), so an interrupted export keeps the
-    previous one.
-    """
-    directory = pathlib.Path(directory).absolute()
-    tmp, _ = atomic.staging_paths(directory)
-    variables = _host_tree(state.ema_variables())
-    w_mean = _mean_latent_fn(setup.generator, num_samples)(variables, key)
-    if jax.process_index() == 0:
-        atomic.begin_directory(directory)
-    _sync("export_start")
-    try:
-        save_bundle(tmp, "generator", config_to_dict(setup.generator.config), variables)
-        if jax.process_index() == 0:
-            np.save(tmp / MEAN_LATENT_FILE, np.asarray(w_mean, np.float32))
-            atomic.commit_directory(directory)
-            pack_generator(directory)
-    except BaseException:
-        if jax.process_index() == 0:
-            atomic.abort_directory(directory)
-        raise
-    _sync("export_done")
-    return directory
-
-
-def pack_generator(directory) -> pathlib.Path:
-    """`<directory>.npz`: the exported generator and its mean w packed into one file (the form the
-    package ships as its embedded generator)."""
-    directory = pathlib.Path(directory)
-    config, variables = load_bundle(directory, kind="generator")
-    extra = {"mean_latent": read_mean_latent(directory)}
-    return pack_bundle(directory.with_suffix(".npz"), "generator", config, variables, extra)
-
-
-def read_mean_latent(directory) -> np.ndarray:
-    """(1, style_dim) mean w stored with an exported generator."""
-    path = pathlib.Path(directory) / MEAN_LATENT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the generator in {directory} has no mean w")
-    return np.load(path)
 
 
 def init_replicated(setup: gan.GANSetup, key: jax.Array) -> gan.GANState:
@@ -244,26 +193,9 @@ def _init_fn(setup: gan.GANSetup):
     )
 
 
-def _mean_latent_fn(generator: Generator, num_samples: int):
-    return _jitted("mean", generator, num_samples)
-
-
+@functools.lru_cache(maxsize=8)
 def _sample_fn(generator: Generator):
-    return _jitted("sample", generator, 0)
-
-
-_JIT_CACHE: dict = {}
-
-
-def _jitted(kind: str, generator: Generator, num: int):
-    key = (kind, generator, num)
-    if key not in _JIT_CACHE:
-        if kind == "mean":
-            fn = jax.jit(lambda v, k: mean_latent(generator, v, k, num))
-        else:
-            fn = jax.jit(lambda v, z: generator.apply(v, z, noise_mode="const"))
-        _JIT_CACHE[key] = fn
-    return _JIT_CACHE[key]
+    return jax.jit(lambda v, z: generator.apply(v, z, noise_mode="const"))
 
 
 def quality_reference(config, images: np.ndarray) -> np.ndarray | None:
@@ -280,18 +212,6 @@ def _quality_key(seed: int) -> jax.Array:
     # The same latents at every measurement: the numbers move with the generator only. Folded
     # in, not split off the run's key, so the run's other draws stay as they were.
     return jax.random.fold_in(jax.random.PRNGKey(seed), 0x9A11)
-
-
-def _host_tree(tree):
-    """Replicated device arrays -> numpy (one local copy; works on every host)."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 @jax.jit
@@ -333,7 +253,7 @@ def train_gan(config, workdir: str | os.PathLike) -> GANRunResult:
 
     def measure_quality() -> dict:
         fake = gan_quality.generator_features(
-            setup.generator, _host_tree(state.ema_variables()), _quality_key(config.seed),
+            setup.generator, parallel.host_copy(state.ema_variables()), _quality_key(config.seed),
             len(reference),
         )  # fmt: skip
         return gan_quality.scores(reference, fake).as_dict("quality_")
@@ -341,7 +261,7 @@ def train_gan(config, workdir: str | os.PathLike) -> GANRunResult:
     sample = _sample_fn(setup.generator)
 
     def write_samples(at_step: int):
-        grid = sample(_host_tree(state.ema_variables()), sample_z)
+        grid = sample(parallel.host_copy(state.ema_variables()), sample_z)
         writer.images(at_step, "samples", np.asarray(grid))
 
     exported = [None]  # iteration of the last export
@@ -356,7 +276,13 @@ def train_gan(config, workdir: str | os.PathLike) -> GANRunResult:
             )
         saved = ckpts.save(at_step, state, force=force)
         if (saved or force) and exported[0] != at_step:
-            export_generator(workdir / "generator", setup, state, mean_key, config.mean_samples)
+            generator_export.export_generator(
+                workdir / "generator",
+                setup.generator,
+                state.ema_variables(),
+                mean_key,
+                config.mean_samples,
+            )
             exported[0] = at_step
 
     sums, counts = collections.defaultdict(float), collections.defaultdict(int)

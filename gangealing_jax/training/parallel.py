@@ -98,3 +98,17 @@ def any_process(flag: bool) -> bool:
 
     flags = multihost_utils.process_allgather(np.asarray([flag], dtype=np.int32))
     return bool(np.any(flags))
+
+
+def sync_processes(name: str) -> None:
+    """A barrier across the processes of a multi-host run (nothing to wait for in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def host_copy(tree):
+    """Replicated device arrays -> numpy, from this process's first local copy (every host has
+    one, so it works on every host)."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
