@@ -79,7 +79,9 @@ def test_tips_end_the_drawn_parts(index):
         inward = (thorax - tip) / np.linalg.norm(thorax - tip)
         x, y = np.round(tip + 2.0 * inward).astype(int)
         assert opaque[y, x], name
-        x, y = np.round(tip - 3.0 * inward).astype(int)
+        # Beyond the tip's outline rim (drawn outside the wing) by 1.5 pixels.
+        beyond = 1.5 + butterflies.OUTLINE_WIDTH * scene.pose.scale * 64
+        x, y = np.round(tip - beyond * inward).astype(int)
         assert not opaque[y, x], name
 
 

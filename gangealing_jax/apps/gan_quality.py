@@ -3,8 +3,8 @@
     python -m gangealing_jax.apps.gan_quality --generator runs/gan/generator.npz \
         --data procedural [--samples 1000] [--family faces]
 
---generator: a generator .npz / bundle directory, or "embedded" (the generator shipped with the
-package). --data: a prepared dataset at the generator's resolution, or "procedural": held-out
+--generator: a generator .npz / bundle directory, or "embedded" / "embedded-butterflies" (the
+generators shipped with the package). --data: a prepared dataset at the generator's resolution, or "procedural": held-out
 images of the procedural family (--family, --data_seed, --clutter_range; the defaults match
 configs/gan/procedural.py but draw other images). Prints JSON: the Fréchet and unbiased kernel
 distances of training/gan_quality.py (comparable only with each other, not with published FID).
@@ -25,12 +25,12 @@ PROCEDURAL = "procedural"
 
 
 def load(source: str):
-    """(GeneratorConfig, variables) of a generator file, directory or "embedded"."""
+    """(GeneratorConfig, variables) of a generator file, directory or a shipped one's name."""
+    from gangealing_jax.assets import EMBEDDED_GENERATORS, embedded_generator
     from gangealing_jax.convert.stylegan2 import load_generator
     from gangealing_jax.models.stylegan2 import GeneratorConfig
-    from gangealing_jax.training.gangealing_setup import EMBEDDED_GENERATOR
 
-    path = str(EMBEDDED_GENERATOR) if source == "embedded" else source
+    path = str(embedded_generator(source)) if source in EMBEDDED_GENERATORS else source
     try:
         config, variables = load_generator(path)
     except FileNotFoundError as err:

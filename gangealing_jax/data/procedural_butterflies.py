@@ -1,7 +1,7 @@
 """Procedural butterflies seen from above, with exact keypoints: the second procedural family.
 
-Unlike the faces (procedural.py) the object is small in the frame (its wings span about half the
-side), thin parts (antennae, body) carry keypoints, and the background is busier: the faces'
+Unlike the faces (procedural.py) the object is smaller in the frame (its wings span about half
+the side), thin parts (antennae, body) carry keypoints, and the background is busier: the faces'
 background plus a layer of leaves. Placement, bend, keypoint mapping and mirroring are the faces'
 (procedural.place_and_draw), so the two families share every convention: canonical frame (x
 right, y down, half-width 1), pixel centres at integers, keypoint sides named as seen by the
@@ -44,10 +44,13 @@ KEYPOINT_NAMES = (
 FLIP_PERMUTATION = np.array([0, 1, 2, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11], dtype=np.int64)
 NUM_KEYPOINTS = len(KEYPOINT_NAMES)
 
-# Pose ranges of the family (ProceduralConfig fields). Smaller than the faces (0.75-1.15) and
-# shifted further: the object covers about a quarter of the image's area.
+# Pose ranges of the family (ProceduralConfig fields): smaller than the faces (0.75-1.15) and
+# turned further (30 degrees against 25); the wings span 0.45-0.65 of the side. A first
+# version at scale 0.5-0.8, shifts of 0.18, a 0.03 outline and 6-12 leaves was beyond the 32 px
+# generator of configs/gan/procedural.py: it drew blobs without an axis (README, "Collapse
+# monitor").
 CONFIG_DEFAULTS = dict(
-    max_rotation_deg=30.0, scale_range=(0.5, 0.8), max_translation=0.18, deform_amplitude=0.03
+    max_rotation_deg=30.0, scale_range=(0.7, 1.0), max_translation=0.12, deform_amplitude=0.03
 )
 
 RED = (255.0, 0.0, 0.0)
@@ -207,7 +210,7 @@ def butterfly_outline(b: Butterfly) -> np.ndarray:
     return np.concatenate(points)
 
 
-_LINE = 0.03  # outline width in canonical units
+OUTLINE_WIDTH = 0.05  # outline rim, outside each wing, in canonical units
 
 
 def draw_butterfly(canvas: Canvas, b: Butterfly) -> None:
@@ -217,7 +220,7 @@ def draw_butterfly(canvas: Canvas, b: Butterfly) -> None:
         centre, rx, ry, angle, direction = wings[index]
         box = box_around(centre[0], centre[1], rx, rx)
         wing = partial(ellipse_sdf, cx=centre[0], cy=centre[1], rx=rx, ry=ry, angle=angle)
-        canvas.draw(box, wing, b.wing, outline=b.outline, width=_LINE)
+        canvas.draw(box, wing, b.wing, outline=b.outline, width=OUTLINE_WIDTH)
         band_centre = centre - 0.25 * rx * direction
         band = partial(
             ellipse_sdf, cx=band_centre[0], cy=band_centre[1], rx=0.5 * rx, ry=0.6 * ry, angle=angle
@@ -260,13 +263,13 @@ def draw_butterfly(canvas: Canvas, b: Butterfly) -> None:
 
 
 def background(rng: np.random.Generator, resolution: int, clutter_range) -> np.ndarray:
-    """(3, H, W) float32: the faces' background under 6-12 leaves, drawn in the image frame."""
+    """(3, H, W) float32: the faces' background under 3-7 leaves, drawn in the image frame."""
     image = face_drawing.background(rng, resolution, clutter_range)
     centres = (np.arange(resolution, dtype=np.float32) * 2 + 1) / resolution - 1
     x, y = np.meshgrid(centres, centres)
     half = resolution / 2.0
     canvas = Canvas(image, x, y, 2.0 / resolution, [(half, 0, half - 0.5), (0, half, half - 0.5)])
-    for _ in range(int(rng.integers(6, 13))):
+    for _ in range(int(rng.integers(3, 8))):
         cx, cy = rng.uniform(-1.1, 1.1, 2)
         rx = rng.uniform(0.12, 0.3)
         ry = rx * rng.uniform(0.25, 0.45)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from gangealing_jax.assets import EMBEDDED_GENERATORS
 from gangealing_jax.errors import ConfigError, InputFileError
 from gangealing_jax.losses.perceptual import WEIGHT_FREE_LOSSES, WEIGHTED_LOSSES, require_weights
 from gangealing_jax.models.stn import TRANSFORMS
@@ -17,7 +18,7 @@ from gangealing_jax.ops import precision
 from gangealing_jax.ops.sampling import PADDING_MODES
 from gangealing_jax.training.schedules import PSI_ANNEALING
 
-GENERATOR_KEYWORDS = ("embedded", "random")
+GENERATOR_KEYWORDS = (*EMBEDDED_GENERATORS, "random")
 EVAL_PROTOCOLS = ("spair", "cub")  # apps.pck.PROTOCOLS (a higher layer, so named again here)
 EVAL_PROCEDURAL = "procedural"
 

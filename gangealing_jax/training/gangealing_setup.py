@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gangealing_jax import atomic
-from gangealing_jax.convert.state_dict import CheckpointError
+from gangealing_jax.assets import EMBEDDED_GENERATORS, embedded_generator
 from gangealing_jax.convert.stylegan2 import load_generator
 from gangealing_jax.errors import ConfigError
 from gangealing_jax.losses.gangealing import Frozen, ObjectiveSettings
@@ -38,10 +38,6 @@ from gangealing_jax.training.gangealing_step import (
 )
 from gangealing_jax.training.latent_init import init_congealing
 
-# Trained by `python -m gangealing_jax.train_gan --config configs/gan/procedural.py --workdir W`
-# (which writes W/generator.npz); see gangealing_jax/assets/README.md.
-EMBEDDED_GENERATOR = pathlib.Path(__file__).resolve().parent.parent / "assets" / "generator.npz"
-
 
 class RunSetup(NamedTuple):
     generator: Generator
@@ -56,8 +52,9 @@ class RunSetup(NamedTuple):
 def load_frozen_generator(gcfg, key: jax.Array):
     """(GeneratorConfig, variables) named by `config.generator`.
 
-    checkpoint: a reference `.pt`/`.npz`, a converted bundle directory, "embedded" (the generator
-    shipped in the package) or "random" (an untrained generator of `random_*` sizes, for smoke tests).
+    checkpoint: a reference `.pt`/`.npz`, a converted bundle directory, the name of a generator
+    shipped in the package ("embedded", "embedded-butterflies") or "random" (an untrained
+    generator of `random_*` sizes, for smoke tests).
     """
     source = gcfg.checkpoint
     if source == "random":
@@ -74,15 +71,8 @@ def load_frozen_generator(gcfg, key: jax.Array):
             lambda k: generator.init(k, jnp.zeros((1, config.style_dim)), noise_mode="const")
         )(key)
         return config, variables
-    if source == "embedded":
-        if not EMBEDDED_GENERATOR.is_file():
-            raise CheckpointError(
-                f"{EMBEDDED_GENERATOR}: no embedded generator in this installation (reinstall "
-                "the package, or train one with `python -m gangealing_jax.train_gan --config "
-                "configs/gan/procedural.py --workdir runs/gan` and pass "
-                "--config.generator.checkpoint=runs/gan/generator.npz)"
-            )
-        source = str(EMBEDDED_GENERATOR)
+    if source in EMBEDDED_GENERATORS:
+        source = str(embedded_generator(source))
     return load_generator(source, module=gcfg.module, lr_mlp=gcfg.lr_mlp)
 
 

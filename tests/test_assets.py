@@ -1,0 +1,40 @@
+"""The generators shipped in the package: loadable by name, and one clear line when one is missing."""
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from gangealing_jax import assets
+from gangealing_jax.convert.state_dict import CheckpointError
+from gangealing_jax.training.config_checks import GENERATOR_KEYWORDS
+from gangealing_jax.training.gangealing_setup import load_frozen_generator
+
+
+def _generator_fields(checkpoint: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"checkpoint": checkpoint, "module": "g_ema", "lr_mlp": 0.01})
+
+
+def test_every_shipped_generator_is_a_config_keyword():
+    assert set(assets.EMBEDDED_GENERATORS) <= set(GENERATOR_KEYWORDS)
+
+
+def test_shipped_generators_load_by_name_and_differ():
+    weights = {}
+    for name in assets.EMBEDDED_GENERATORS:
+        config, variables = load_frozen_generator(_generator_fields(name), jax.random.PRNGKey(0))
+        assert (config.size, config.style_dim, config.channels) == (32, 128, (128, 128, 64, 32))
+        weights[name] = np.asarray(variables["params"]["const"])
+    first, second = weights.values()
+    assert not np.allclose(first, second)  # two trainings, not one file twice
+
+
+def test_a_missing_shipped_generator_names_the_file_and_the_command(tmp_path, monkeypatch):
+    missing = tmp_path / "generator_butterflies.npz"
+    flags = assets.EMBEDDED_GENERATORS["embedded-butterflies"][1]
+    monkeypatch.setitem(assets.EMBEDDED_GENERATORS, "embedded-butterflies", (missing, flags))
+    with pytest.raises(CheckpointError) as err:
+        load_frozen_generator(_generator_fields("embedded-butterflies"), jax.random.PRNGKey(0))
+    message = str(err.value)
+    assert str(missing) in message and "--config.data.family=butterflies" in message
+    assert "\n" not in message
