@@ -1,4 +1,4 @@
-"""The generators shipped in the package: loadable by name, and one clear line when one is missing."""
+"""The generators shipped in the package: loadable by name, one clear line when one is missing."""
 
 import jax
 import ml_collections

@@ -4,10 +4,11 @@
         --data procedural [--samples 1000] [--family faces]
 
 --generator: a generator .npz / bundle directory, or "embedded" / "embedded-butterflies" (the
-generators shipped with the package). --data: a prepared dataset at the generator's resolution, or "procedural": held-out
-images of the procedural family (--family, --data_seed, --clutter_range; the defaults match
-configs/gan/procedural.py but draw other images). Prints JSON: the Fréchet and unbiased kernel
-distances of training/gan_quality.py (comparable only with each other, not with published FID).
+generators shipped with the package). --data: a prepared dataset at the generator's resolution,
+or "procedural": held-out images of the procedural family (--family, --data_seed,
+--clutter_range; the defaults match configs/gan/procedural.py but draw other images). Prints
+JSON: the Fréchet and unbiased kernel distances of training/gan_quality.py (comparable only with
+each other, not with published FID).
 """
 
 from __future__ import annotations

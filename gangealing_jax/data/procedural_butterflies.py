@@ -1,6 +1,6 @@
 """Procedural butterflies seen from above, with exact keypoints: the second procedural family.
 
-Unlike the faces (procedural.py) the object is smaller in the frame (its wings span about half
+Unlike the faces (procedural.py) the object is smaller in the frame (its wings span 0.45-0.65 of
 the side), thin parts (antennae, body) carry keypoints, and the background is busier: the faces'
 background plus a layer of leaves. Placement, bend, keypoint mapping and mirroring are the faces'
 (procedural.place_and_draw), so the two families share every convention: canonical frame (x
