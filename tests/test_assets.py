@@ -5,9 +5,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import embedded
 from gangealing_jax import assets
 from gangealing_jax.convert.state_dict import CheckpointError
-from gangealing_jax.training.config_checks import GENERATOR_KEYWORDS
+from gangealing_jax.errors import InputFileError
+from gangealing_jax.training.config_checks import check_gangealing_config
 from gangealing_jax.training.gangealing_setup import load_frozen_generator
 
 
@@ -15,8 +17,14 @@ def _generator_fields(checkpoint: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({"checkpoint": checkpoint, "module": "g_ema", "lr_mlp": 0.01})
 
 
-def test_every_shipped_generator_is_a_config_keyword():
-    assert set(assets.EMBEDDED_GENERATORS) <= set(GENERATOR_KEYWORDS)
+def test_config_checks_take_every_shipped_name_and_refuse_others():
+    for name in assets.EMBEDDED_GENERATORS:
+        config = embedded.get_config()
+        config.generator.checkpoint = name
+        check_gangealing_config(config, 1)
+    config.generator.checkpoint = "embedded-moths"
+    with pytest.raises(InputFileError, match="generator.checkpoint"):
+        check_gangealing_config(config, 1)
 
 
 def test_shipped_generators_load_by_name_and_differ():
