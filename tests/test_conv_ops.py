@@ -63,6 +63,20 @@ def test_conv2d_matches_lax(stride, padding, k, size):
     )
 
 
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0), (2, 1)])
+def test_conv2d_per_tap_weight_gradient_matches_lax(stride, padding, monkeypatch):
+    # Large inputs take one matrix product per tap instead of XLA's backward-filter convolution.
+    monkeypatch.setattr(conv, "_NATIVE_WEIGHT_GRADIENT_MAX", 0)
+    x = jax.random.normal(jax.random.PRNGKey(4), (2, 7, 8, 3))
+    w = jax.random.normal(jax.random.PRNGKey(5), (3, 3, 3, 4))
+    _compare(
+        lambda x, w: conv.conv2d(x, w, stride=stride, padding=padding),
+        lambda x, w: _lax_conv2d(x, w, stride, padding),
+        x,
+        w,
+    )
+
+
 @pytest.mark.parametrize("k,size", [(3, 5), (1, 4), (4, 3)])
 def test_conv_transpose_matches_lax(k, size):
     x = jax.random.normal(jax.random.PRNGKey(2), (2, size, size + 1, 3))
