@@ -1,6 +1,7 @@
 """PCK-Transfer evaluation of a model on a prepared dataset, its CLI, and the post-training
 evaluation that writes summary.json."""
 
+import dataclasses
 import json
 
 import jax
@@ -13,7 +14,7 @@ from gangealing_jax.apps.model import AlignmentModel, load_model
 from gangealing_jax.data import procedural
 from gangealing_jax.data.prepared import PreparedDataset, write_procedural_dataset
 from gangealing_jax.training.parallel import make_mesh
-from tests.tiny_models import identity_model_bundle
+from tests.tiny_models import identity_model_bundle, perturbed
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,26 @@ def test_flip_matching_runs_and_keeps_counts(dataset, model_dir):
     # The untrained STN's residual flow is exactly zero for every image and mirror, so all four
     # pairings tie and the first (neither mirrored) is kept: the same score to the last digit.
     assert mirrored.pck == plain.pck
+
+
+@pytest.mark.parametrize("transforms", [("similarity", "flow"), ("similarity",)])
+def test_scoring_from_each_image_congealed_once_equals_congealing_every_pair(
+    dataset, model_dir, transforms
+):
+    model = load_model(model_dir)
+    stn = model.stn.clone(config=dataclasses.replace(model.stn.config, transforms=transforms))
+    variables = jax.jit(stn.init)(jax.random.PRNGKey(1), np.zeros((1, 16, 16, 3), np.float32))
+    # Non-zero warp heads: every image gets a warp of its own.
+    model = model._replace(stn=stn, variables=perturbed(variables, jax.random.PRNGKey(2), 0.05))
+    options = dict(alphas=(0.1, 0.05), batch_size=8)
+    per_pair = pck.evaluate_pck(model, dataset, **options)
+    outputs = pck.congeal_each(model, dataset.images, batch_size=5)
+    assert outputs.grid.shape[0] == len(dataset)
+    assert (outputs.flow is None) == (transforms == ("similarity",))
+    once = pck.evaluate_pck(model, dataset, congealed=outputs, **options)
+    identity = pck.evaluate_pck(None, dataset, **options)
+    assert once.pck == pytest.approx(per_pair.pck, abs=1e-12)
+    assert once.keypoints == per_pair.keypoints and once.pck != identity.pck
 
 
 def test_cli_writes_the_report(dataset, model_dir, tmp_path, capsys):

@@ -16,7 +16,7 @@ import numpy as np
 
 from gangealing_jax import atomic
 from gangealing_jax.apps.model import AlignmentModel, load_model
-from gangealing_jax.apps.pck import evaluate_pck, stn_input, thresholds
+from gangealing_jax.apps.pck import congeal_each, evaluate_pck, stn_input, thresholds
 from gangealing_jax.apps.pck_metric import pair_counts, visibility
 from gangealing_jax.data import families, procedural
 from gangealing_jax.data.prepared import PreparedDataset, write_procedural_dataset
@@ -69,7 +69,8 @@ def evaluation_dataset(eval_config, workdir: pathlib.Path) -> PreparedDataset:
 
 
 def congealed_images(model: AlignmentModel, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """(N, R, R, 3) congealed copies in [-1, 1] of uint8 images (N, R, R, 3), at their own size."""
+    """(M, R, R, 3) congealed copies in [-1, 1] of uint8 images (N, R, R, 3), at their own size
+    (M = N * heads for a clustering model: every image by every head)."""
     flow = model.flow_size
 
     @jax.jit
@@ -82,6 +83,11 @@ def congealed_images(model: AlignmentModel, images: np.ndarray, batch: int = 32)
         for i in range(0, len(images), batch)
     ]
     return np.concatenate(outputs)
+
+
+def _congeals_alone(model: AlignmentModel) -> bool:
+    """Whether each image's warp is its own, whatever the pair (see pck.congeal_each)."""
+    return model.stn.config.num_heads == 1 and not model.test_time.get("flips")
 
 
 def evaluate_run(config, workdir, model_dir) -> dict:
@@ -97,10 +103,20 @@ def evaluate_run(config, workdir, model_dir) -> dict:
         num_pairs=int(config.eval.num_pairs),
         seed=int(config.seed),
     )
-    stn = evaluate_pck(model, dataset, **options)
+    # Each image is congealed once for all its pairs. A similarity-only warp carries points by
+    # its matrix alone, so that one pass, at the images' size, also gives the visuals; a flow
+    # stage's points are read off its grid at the STN's own output size, as per pair.
+    outputs, similarity_only = None, model.stn.config.transforms == ("similarity",)
+    if _congeals_alone(model):
+        size = dataset.resolution if similarity_only else None
+        outputs = congeal_each(model, dataset.images, output_resolution=size)
+    stn = evaluate_pck(model, dataset, congealed=outputs, **options)
     identity = evaluate_pck(None, dataset, **options)
     shown = np.asarray(dataset.images[: min(len(dataset), AVERAGED_IMAGES)])
-    congealed = congealed_images(model, shown)
+    if outputs is not None and similarity_only:
+        congealed = outputs.image[: len(shown)]
+    else:
+        congealed = congealed_images(model, shown)
     save_png(image_grid(congealed[:GRID_IMAGES]), workdir / "congealed_grid.png")
     save_png(image_grid(shown[:GRID_IMAGES] / 127.5 - 1.0), workdir / "input_grid.png")
     average = congealed.mean(axis=0, keepdims=True)

@@ -27,6 +27,7 @@ from gangealing_jax.apps.pck_metric import bbox_threshold, pair_counts, visibili
 from gangealing_jax.apps.routing import route
 from gangealing_jax.data.prepared import PreparedDataset, random_pairs
 from gangealing_jax.errors import ConfigError, InputFileError, entry_point
+from gangealing_jax.models.stn import STNOutput
 from gangealing_jax.training.parallel import batch_sharding, make_mesh
 
 PROTOCOLS = ("spair", "cub")
@@ -82,15 +83,52 @@ def transfer_batch(
         points_a, points_b = match.points_a, match.points_b
     out_a = model.congeal(stn_input(source_a, flow), source_a, heads=heads_a)
     out_b = model.congeal(stn_input(source_b, flow), source_b, heads=heads_b)
-    congealed = point_ops.congealed_points_from_output(out_a, points_a[..., :2], source_a.shape[2])
-    estimate = point_ops.source_points_from_output(
-        out_b,
-        congealed,
-        source_b.shape[2],
-        input_size=flow,
-        normalize_input_points=out_b.flow is not None,
+    return transfer_between(out_a, out_b, points_a, source_b.shape[2], flow), points_a, points_b
+
+
+def transfer_between(out_a: STNOutput, out_b: STNOutput, points_a, size: int, flow: int):
+    """A's keypoints (pixels) through A's warp into the congealed space and out through B's:
+    their estimate in B (pixels). out_*: the STN outputs of the pairs' images, row by row."""
+    congealed = point_ops.congealed_points_from_output(out_a, points_a[..., :2], size)
+    return point_ops.source_points_from_output(
+        out_b, congealed, size, input_size=flow, normalize_input_points=out_b.flow is not None
     )
-    return estimate, points_a, points_b
+
+
+def congeal_each(
+    model: AlignmentModel, images, *, output_resolution=None, batch_size: int = 32, mesh=None
+) -> STNOutput:
+    """The STN output of every image (uint8 NHWC), on the host: one pass per image, however
+    many pairs it is in. Single-head models without flip matching only (the others choose each
+    image's head or mirror by the pair it is in). output_resolution as STN takes it (None, as
+    `transfer_batch` congeals: the STN's own output size)."""
+    if model.stn.config.num_heads > 1 or model.test_time.get("flips"):
+        raise ValueError("congeal_each needs a single-head model without flip matching")
+    mesh = make_mesh() if mesh is None else mesh
+    devices = mesh.devices.size
+    batch_size = max(devices, -(-batch_size // devices) * devices)
+    flow = model.flow_size
+
+    @jax.jit
+    def run(weights, chunk):
+        source = chunk.astype(jnp.float32) / 127.5 - 1.0
+        return model.with_weights(weights).congeal(
+            stn_input(source, flow), source, output_resolution=output_resolution
+        )
+
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        chunk = np.asarray(images[start : start + batch_size])
+        count = len(chunk)
+        # Padded to one batch shape: one compilation for every chunk.
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - count, axis=0)])
+        out = run(model.weights, jax.device_put(chunk, batch_sharding(mesh)))
+        outputs.append(jax.tree.map(lambda x, n=count: np.asarray(x)[:n], out))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
+def _rows(output: STNOutput, index) -> STNOutput:
+    return jax.tree.map(lambda x: x[index], output)
 
 
 def protocol_pairs(dataset: PreparedDataset, protocol: str, num_pairs: int, seed: int):
@@ -136,17 +174,29 @@ def evaluate_pck(
     bootstrap_samples: int = 1000,
     cluster: int | None = None,
     mesh=None,
+    congealed: STNOutput | None = None,
 ) -> PCKReport:
     """PCK-Transfer of `model`; model=None scores the identity warp (keypoints copied over).
-    cluster: the head of a clustering model for every pair (default: its classifier decides)."""
+    cluster: the head of a clustering model for every pair (default: its classifier decides).
+    congealed: `congeal_each(model, dataset.images)`, when already computed: the pairs are then
+    scored from those outputs instead of congealing both images of every pair."""
     pairs = protocol_pairs(dataset, protocol, num_pairs, seed)
     mesh = make_mesh() if mesh is None else mesh
     devices = mesh.devices.size
     batch_size = max(devices, -(-batch_size // devices) * devices)
     sharding = batch_sharding(mesh)
     permutation = dataset.flip_permutation
-    transfer = None
-    if model is not None:
+    transfer = gathered = None
+    if congealed is not None:
+        if model is None:
+            raise ValueError("congealed outputs are scored with the model they came from")
+        # What the point transfer reads of each image's warp, on the device once.
+        warps = jax.device_put(congealed._replace(image=None, similarity_image=None))
+        size, flow = dataset.resolution, model.flow_size
+        gathered = jax.jit(
+            lambda w, src, dst, pa: transfer_between(_rows(w, src), _rows(w, dst), pa, size, flow)
+        )  # fmt: skip
+    elif model is not None:
         transfer = jax.jit(
             lambda a, b, pa, pb: transfer_batch(model, a, b, pa, pb, permutation, cluster)
         )  # fmt: skip
@@ -157,8 +207,10 @@ def evaluate_pck(
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - count, axis=0)])
         src, dst = padded[:, 0], padded[:, 1]
         kps_a, kps_b = np.asarray(dataset.keypoints[src]), np.asarray(dataset.keypoints[dst])
-        if transfer is None:  # identity: same resolution, so the keypoints stay where they are
+        if model is None:  # identity: same resolution, so the keypoints stay where they are
             estimate = kps_a[..., :2]
+        elif gathered is not None:
+            estimate = np.asarray(gathered(warps, src, dst, kps_a))
         else:
             arrays = (dataset.images[src], dataset.images[dst], kps_a, kps_b)
             arrays = [jax.device_put(np.asarray(a), sharding) for a in arrays]
