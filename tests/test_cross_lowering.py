@@ -1,6 +1,6 @@
 """Lowering for GPU and TPU from this CPU host (jax.export needs no device): the StableHLO of the
 generator, the STN and the GANgealing train step carries the policy's dtype and precision, and on
-those platforms no im2col weight gradient (the CPU kernels' dot over batch and space).
+those platforms none of the CPU kernels' weight-gradient products.
 
 What cannot be checked here: compilation for those platforms (XLA's GPU/TPU compilers are not in
 a CPU build of jaxlib), hence the kernels XLA would pick and their speed; see
@@ -19,6 +19,7 @@ from jax import export
 from gangealing_jax.losses.gangealing import ObjectiveSettings
 from gangealing_jax.models.stn import STN
 from gangealing_jax.models.stylegan2 import Generator
+from gangealing_jax.ops import conv
 from gangealing_jax.ops.precision import Policy
 from gangealing_jax.training.gangealing_step import StepSettings, train_step
 from tests.test_train_step import DISTANCE, _setup
@@ -26,9 +27,17 @@ from tests.tiny_models import tiny_generator, tiny_stn_config
 
 ACCELERATOR_BF16 = Policy(dtype="bfloat16", matmul_precision="default", kernels="xla")
 ACCELERATOR_F32 = Policy(matmul_precision="high", kernels="xla")
-# The CPU kernels' weight gradient: patches (N, H, W, k*k, C) contracted with the output
-# gradient over batch and both spatial axes.
+# The CPU kernels' weight gradients: of the transposed convolution, patches (N, H, W, k*k, C)
+# contracted with the input over batch and both spatial axes; of a large convolution, one product
+# per kernel tap over the N*H*W rows of the shifted input (a dense layer's weight gradient
+# contracts only the batch rows).
 IM2COL = "contracting_dims = [0, 1, 2] x [0, 1, 2]"
+PER_TAP = re.compile(r"dot_general .*contracting_dims = \[0\] x \[0\].*: \(tensor<(\d+)x\d+x")
+MAX_BATCH_ROWS = 16  # more rows than any test batch here: a product over pixels
+
+
+def _per_tap_products(text: str) -> int:
+    return sum(int(m.group(1)) > MAX_BATCH_ROWS for m in PER_TAP.finditer(text))
 
 
 def _convolutions(text: str) -> list[str]:
@@ -69,7 +78,7 @@ def _check(text: str, policy: Policy):
             assert "precision_config" not in line, line[:300]
         else:
             assert f"precision {precision}" in line, line[:300]
-    assert IM2COL not in text
+    assert IM2COL not in text and _per_tap_products(text) == 0
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
@@ -114,12 +123,19 @@ def test_train_step_lowers_with_the_policy(platform):
     assert "bf16" not in results and "f32" in results
 
 
-def test_cpu_kernels_show_the_im2col_pattern():
-    """The check above can fail: the CPU kernels do leave their pattern in the lowered program."""
+def test_cpu_kernels_show_their_patterns(monkeypatch):
+    """The checks above can fail: the CPU kernels do leave their patterns in the lowered program."""
+    # Every convolution's weight gradient by per-tap products, as large ones are on the CPU.
+    monkeypatch.setattr(conv, "_NATIVE_WEIGHT_GRADIENT_MAX", 0)
     stn = STN(tiny_stn_config(), policy=Policy(kernels="cpu"))
     images = jnp.zeros((2, 16, 16, 3))
     variables = jax.eval_shape(stn.init, jax.random.PRNGKey(0), images)
     text = _lower(
         jax.grad(lambda v, x: jnp.mean(stn.apply(v, x).image)), (variables, images), "cuda"
     )
-    assert IM2COL in text
+    assert _per_tap_products(text) >= 9  # at least one 3x3 convolution's taps
+    generator, gvars = tiny_generator(size=16, style_dim=16, channels=8)
+    g = Generator(generator.config, policy=Policy(kernels="cpu"))
+    z = jnp.zeros((2, 16))
+    text = _lower(jax.grad(lambda v: jnp.mean(g.apply(v, z, noise_mode="const"))), (gvars,), "cuda")
+    assert IM2COL in text  # the transposed (upsampling) convolutions' weight gradients

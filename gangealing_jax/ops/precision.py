@@ -13,11 +13,12 @@ everything after them promote back to float32 (a float32 parameter is added), so
 the products are rounded.
 
 `kernels` picks between two implementations of the same convolutions and FIR filters:
-- "cpu": custom VJPs that compute weight gradients as one matrix product over im2col patches and
-  the stride-2 transposed convolution as four phases of a regular one, and FIR filters as shifted
-  slices. XLA:CPU's backward-filter and lhs-dilated convolutions are several times slower.
+- "cpu": custom VJPs that compute the weight gradients of large convolutions as one matrix
+  product per kernel tap, the stride-2 transposed convolution as four phases of a regular one, and
+  FIR filters as shifted slices: on large inputs XLA:CPU's backward-filter and lhs-dilated
+  convolutions are several times slower (ops/conv.py gives the sizes).
 - "xla": plain lax convolutions differentiated by JAX. On GPU/TPU the native convolutions are fast
-  and the im2col patches would multiply activation memory by k*k.
+  and the per-tap products would only add passes over the activations.
 - "auto": "cpu" when the default backend at trace time is the CPU, else "xla". Lowering for another
   platform from a CPU host (jax.export) must therefore name "xla".
 """
