@@ -98,9 +98,11 @@ def test_discriminator_r1_agrees_across_kernel_paths():
     )
 
 
-def test_kernel_paths_differ_in_the_program():
-    """The switch is real: the CPU path computes the weight gradient as a dot over patches, the
-    XLA path as a convolution; and `auto` takes the CPU path on this CPU host."""
+def test_kernel_paths_differ_in_the_program(monkeypatch):
+    """The switch is real: the CPU path computes a large convolution's weight gradient as
+    products per kernel tap, the XLA path as a convolution; and `auto` takes the CPU path on this
+    CPU host."""
+    monkeypatch.setattr(conv, "_NATIVE_WEIGHT_GRADIENT_MAX", 0)  # this small input counts as large
     x = jnp.ones((1, 6, 6, 3))
     w = jnp.ones((3, 3, 3, 4))
 
