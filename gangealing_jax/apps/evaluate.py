@@ -16,7 +16,13 @@ import numpy as np
 
 from gangealing_jax import atomic
 from gangealing_jax.apps.model import AlignmentModel, load_model
-from gangealing_jax.apps.pck import congeal_each, evaluate_pck, stn_input, thresholds
+from gangealing_jax.apps.pck import (
+    congeal_each,
+    congeals_alone,
+    evaluate_pck,
+    stn_input,
+    thresholds,
+)
 from gangealing_jax.apps.pck_metric import pair_counts, visibility
 from gangealing_jax.data import families, procedural
 from gangealing_jax.data.prepared import PreparedDataset, write_procedural_dataset
@@ -25,6 +31,9 @@ from gangealing_jax.training.metrics_log import image_grid, save_png
 PROCEDURAL = "procedural"
 GRID_IMAGES = 64  # congealed images shown in congealed_grid.png
 AVERAGED_IMAGES = 500  # congealed images averaged in congealed_average.png
+# Host memory the per-image congealed outputs may take (images and grids, float32); a larger
+# evaluation set congeals the images of each pair instead.
+CONGEALED_BYTES_MAX = 512 * 2**20
 
 
 def procedural_eval_config(eval_config) -> procedural.ProceduralConfig:
@@ -85,11 +94,6 @@ def congealed_images(model: AlignmentModel, images: np.ndarray, batch: int = 32)
     return np.concatenate(outputs)
 
 
-def _congeals_alone(model: AlignmentModel) -> bool:
-    """Whether each image's warp is its own, whatever the pair (see pck.congeal_each)."""
-    return model.stn.config.num_heads == 1 and not model.test_time.get("flips")
-
-
 def evaluate_run(config, workdir, model_dir) -> dict:
     """PCK of the trained STN and of the identity warp, plus the congealed visuals."""
     workdir = pathlib.Path(workdir)
@@ -107,9 +111,11 @@ def evaluate_run(config, workdir, model_dir) -> dict:
     # its matrix alone, so that one pass, at the images' size, also gives the visuals; a flow
     # stage's points are read off its grid at the STN's own output size, as per pair.
     outputs, similarity_only = None, model.stn.config.transforms == ("similarity",)
-    if _congeals_alone(model):
-        size = dataset.resolution if similarity_only else None
-        outputs = congeal_each(model, dataset.images, output_resolution=size)
+    size = dataset.resolution if similarity_only else model.flow_size
+    if congeals_alone(model) and len(dataset) * size * size * 5 * 4 <= CONGEALED_BYTES_MAX:
+        outputs = congeal_each(
+            model, dataset.images, output_resolution=size if similarity_only else None
+        )
     stn = evaluate_pck(model, dataset, congealed=outputs, **options)
     identity = evaluate_pck(None, dataset, **options)
     shown = np.asarray(dataset.images[: min(len(dataset), AVERAGED_IMAGES)])

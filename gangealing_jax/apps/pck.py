@@ -95,6 +95,11 @@ def transfer_between(out_a: STNOutput, out_b: STNOutput, points_a, size: int, fl
     )
 
 
+def congeals_alone(model: AlignmentModel) -> bool:
+    """Whether each image's warp is its own, whatever pair it is in (see congeal_each)."""
+    return model.stn.config.num_heads == 1 and not model.test_time.get("flips")
+
+
 def congeal_each(
     model: AlignmentModel, images, *, output_resolution=None, batch_size: int = 32, mesh=None
 ) -> STNOutput:
@@ -102,7 +107,7 @@ def congeal_each(
     many pairs it is in. Single-head models without flip matching only (the others choose each
     image's head or mirror by the pair it is in). output_resolution as STN takes it (None, as
     `transfer_batch` congeals: the STN's own output size)."""
-    if model.stn.config.num_heads > 1 or model.test_time.get("flips"):
+    if not congeals_alone(model):
         raise ValueError("congeal_each needs a single-head model without flip matching")
     mesh = make_mesh() if mesh is None else mesh
     devices = mesh.devices.size
