@@ -74,14 +74,18 @@ def conv_transpose2d_stride2(x, weight, *, policy: Policy = FLOAT32):
 _NATIVE_WEIGHT_GRADIENT_MAX = 3_000_000
 
 
-def _patches(x, k: int, stride: int, out_h: int, out_w: int):
-    """(N, out_h, out_w, k*k, C): the k*k strided windows of x, row-major over the taps."""
-    windows = [
+def _windows(x, k: int, stride: int, out_h: int, out_w: int) -> list:
+    """The k*k strided windows (N, out_h, out_w, C) of x that the kernel taps see, row-major."""
+    return [
         x[:, i : i + stride * (out_h - 1) + 1 : stride, j : j + stride * (out_w - 1) + 1 : stride]
         for i in range(k)
         for j in range(k)
     ]
-    return jnp.stack(windows, axis=3)
+
+
+def _patches(x, k: int, stride: int, out_h: int, out_w: int):
+    """(N, out_h, out_w, k*k, C): the k*k strided windows of x, row-major over the taps."""
+    return jnp.stack(_windows(x, k, stride, out_h, out_w), axis=3)
 
 
 def _contract_batch_and_space(a, b, precision):
@@ -93,22 +97,20 @@ def _conv_weight_gradient(padded, grad, k: int, stride: int, precision):
     """(k, k, Cin, Cout) gradient of an unpadded correlation of `padded` with respect to its weight."""
     cin, cout = padded.shape[3], grad.shape[3]
     if padded.size <= _NATIVE_WEIGHT_GRADIENT_MAX:
-        zeros = jnp.zeros((k, k, cin, cout), grad.dtype)
-        _, pullback = jax.vjp(lambda w: _lax_conv(padded, w, stride, 0, precision), zeros)
-        return pullback(grad)[0]
+        # The transpose of the (linear) map weight -> output: XLA's backward-filter convolution.
+        weight = jax.ShapeDtypeStruct((k, k, cin, cout), grad.dtype)
+        transpose = jax.linear_transpose(
+            lambda w: _lax_conv(padded, w, stride, 0, precision), weight
+        )
+        return transpose(grad)[0]
     out_h, out_w = grad.shape[1:3]
     rows = grad.reshape(-1, cout)
     taps = [
         lax.dot_general(
-            padded[:, i : i + stride * (out_h - 1) + 1 : stride,
-                   j : j + stride * (out_w - 1) + 1 : stride].reshape(-1, cin),
-            rows,
-            (((0,), (0,)), ((), ())),
-            precision=precision,
+            window.reshape(-1, cin), rows, (((0,), (0,)), ((), ())), precision=precision
         )
-        for i in range(k)
-        for j in range(k)
-    ]  # fmt: skip
+        for window in _windows(padded, k, stride, out_h, out_w)
+    ]
     return jnp.stack(taps).reshape(k, k, cin, cout)
 
 
