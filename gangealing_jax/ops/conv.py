@@ -66,12 +66,13 @@ def conv_transpose2d_stride2(x, weight, *, policy: Policy = FLOAT32):
 # backward passes are written with differentiable ops, so second-order gradients (R1, path
 # length) work.
 
-# Inputs (padded, N*H*W*Cin elements) up to this size take XLA's own backward-filter convolution,
-# larger ones one matrix product per tap. Measured on a 2-core CPU, ms per weight gradient
-# (native / per tap): batch 16 at 32x32x32 4.5 / 5.6, 33x33x128 49 / 82; batch 8 at 64x64x128
-# 167 / 139, batch 40 at 64x64x128 2245 / 634 (one product over stacked im2col patches was slower
-# than both everywhere, up to 5x at the STN's 32x32x32).
-_NATIVE_WEIGHT_GRADIENT_MAX = 3_000_000
+# k x k convolutions (k > 1) whose padded inputs (N*H*W*Cin elements) are at most this size take
+# XLA's own backward-filter convolution; larger ones, and every 1x1 convolution, one matrix
+# product per tap. Measured with jax 0.10.2 on a 2-core CPU, ms per weight gradient (native / per
+# tap): 3x3 at batch 16 over 18x18x64 5.2 / 5.7 and 10x10x128 2.4 / 2.8; batch 16 over 34x34x32
+# 9.2 / 5.3, batch 8 over 34x34x128 71 / 27 and 66x66x128 293 / 103; 1x1 strided at batch 16 over
+# 31x31x32 0.92 / 0.40. (One product over stacked im2col patches was slower than both.)
+_NATIVE_WEIGHT_GRADIENT_MAX = 400_000
 
 
 def _windows(x, k: int, stride: int, out_h: int, out_w: int) -> list:
@@ -96,7 +97,7 @@ def _contract_batch_and_space(a, b, precision):
 def _conv_weight_gradient(padded, grad, k: int, stride: int, precision):
     """(k, k, Cin, Cout) gradient of an unpadded correlation of `padded` with respect to its weight."""
     cin, cout = padded.shape[3], grad.shape[3]
-    if padded.size <= _NATIVE_WEIGHT_GRADIENT_MAX:
+    if k > 1 and padded.size <= _NATIVE_WEIGHT_GRADIENT_MAX:
         # The transpose of the (linear) map weight -> output: XLA's backward-filter convolution.
         weight = jax.ShapeDtypeStruct((k, k, cin, cout), grad.dtype)
         transpose = jax.linear_transpose(
