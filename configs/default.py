@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Weight of the disagreement (squared, in the congealed frame) between the similarity
     # congealing G(w) and the one congealing its posed copy, mapped back through the pose.
     c.augment.equivariance_weight = 0.0
+    c.augment.equivariance_every = 1  # ... over every k-th image of the batch only (k >= 1)
 
     # Loss.
     c.loss = ml_collections.ConfigDict()

@@ -35,6 +35,10 @@ def get_config():
     c.augment.log_scale = 0.25
     c.augment.translation = 0.25
     c.augment.equivariance_weight = 5.0
+    # The equivariance term congeals the plain copy of every other image only: the step costs
+    # 0.108 s instead of 0.131 (the second STN pass is a quarter of it), and PCK@0.1 held on both
+    # families (faces 0.930 against 0.927, butterflies 0.648 against 0.637; same seed).
+    c.augment.equivariance_every = 2
     c.symmetry_weight = 1.0  # the faces are left-right symmetric: congealed ones should be too
     # The zoom guard: a warp spreading its grid over more than 1.5 image widths pays the squared
     # log of the excess. Without it the STN zoomed out without bound on the butterflies (73x, PCK

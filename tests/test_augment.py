@@ -98,6 +98,26 @@ def test_objective_sees_the_posed_generator_output_and_identity_poses_change_not
     np.testing.assert_allclose(turned.total, expected, rtol=1e-6)
 
 
+def test_equivariance_over_every_kth_image_is_that_of_those_images_alone():
+    generator, stn, trainable, frozen, z = tiny_objective_inputs()
+    trainable = {**trainable, "stn": perturbed(trainable["stn"], jax.random.PRNGKey(8), 0.05)}
+    poses = random_poses(jax.random.PRNGKey(9), (3,), AUG, 1.0)
+
+    def equivariance(z, poses, every):
+        settings = ObjectiveSettings(inject=3, equivariance_weight=2.0, equivariance_every=every)
+        terms = gangealing_objective(
+            trainable, frozen, z, None, jnp.float32(0.0), multiscale_structural_distance,
+            poses, generator=generator, stn=stn, settings=settings,
+        )  # fmt: skip
+        return float(terms.equivariance)
+
+    every_other = equivariance(z, poses, 2)  # images 0 and 2 congealed again
+    assert every_other > 1e-4  # the perturbed STN is not pose-equivariant
+    np.testing.assert_allclose(every_other, equivariance(z[::2], poses[::2], 1), rtol=1e-5)
+    assert abs(every_other - equivariance(z, poses, 1)) > 1e-3 * every_other  # not all three
+    assert abs(every_other - equivariance(z[:2], poses[:2], 1)) > 1e-3 * every_other  # no prefix
+
+
 def test_pose_equivariance_is_zero_exactly_when_the_pose_is_undone():
     key_m, key_t = jax.random.split(jax.random.PRNGKey(5))
     congeal = random_poses(key_m, (4,), AUG, 1.0)  # (4, 2, 3) how the plain images are congealed

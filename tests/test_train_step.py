@@ -51,7 +51,8 @@ def _models(num_heads: int):
     return generator, gvars, stn, stn_vars
 
 
-def _setup(batch=8, grad_accum=1, num_heads=1, flips=False, augment=NO_POSES):
+def _setup(batch=8, grad_accum=1, num_heads=1, flips=False, augment=NO_POSES, equivariance=0.0,
+           equivariance_every=1):  # fmt: skip
     generator, gvars, stn, stn_vars = _models(num_heads)
     stn_vars = jax.tree.map(jnp.copy, stn_vars)  # the step donates the state it is given
     d = generator.config.style_dim
@@ -61,7 +62,13 @@ def _setup(batch=8, grad_accum=1, num_heads=1, flips=False, augment=NO_POSES):
     opt_settings = OptimizerSettings(anneal_psi=4, period=2.0)
     optimizer = make_optimizer(opt_settings)
     settings = StepSettings(
-        ObjectiveSettings(inject=3, flips=flips, tv_weight=10.0),
+        ObjectiveSettings(
+            inject=3,
+            flips=flips,
+            tv_weight=10.0,
+            equivariance_weight=equivariance,
+            equivariance_every=equivariance_every,
+        ),
         batch=batch,
         grad_accum=grad_accum,
         anneal_psi=4,
@@ -89,10 +96,14 @@ def test_sharded_step_equals_single_device():
     assert len(jax.devices()) == 8, "conftest must provide 8 CPU devices"
     # Four devices with two images each: XLA's CPU backend crashes on some convolution gradients
     # with a per-device batch of one, and eight devices would only double the test's run time.
-    # With random poses of G(w): they are drawn for the whole batch, then split like z.
-    augment = PoseAugmentation(rotation_deg=20.0, log_scale=0.2, translation=0.2)
-    single, hist_single = _run(2, mesh=make_mesh(jax.devices()[:1]), batch=8, augment=augment)
-    sharded, hist_sharded = _run(2, mesh=make_mesh(jax.devices()[:4]), batch=8, augment=augment)
+    # With random poses of G(w): they are drawn for the whole batch, then split like z. The
+    # equivariance term over every other image: each device's share holds a multiple of two rows,
+    # so the devices together score the images a single device does.
+    kw = dict(batch=8, augment=PoseAugmentation(rotation_deg=20.0, log_scale=0.2, translation=0.2),
+              equivariance=1.0, equivariance_every=2)  # fmt: skip
+    single, hist_single = _run(2, mesh=make_mesh(jax.devices()[:1]), **kw)
+    sharded, hist_sharded = _run(2, mesh=make_mesh(jax.devices()[:4]), **kw)
+    assert all(h["equivariance"] > 0 for h in hist_single)
     _assert_trees_close(jax.device_get(single.params), jax.device_get(sharded.params))
     _assert_trees_close(hist_single, hist_sharded)
 

@@ -47,6 +47,11 @@ class ObjectiveSettings:
     # Weight of the agreement between the congealing of G(w) and of its posed copy (only with
     # `augment`): a direct signal for the poses that the perceptual distance sees only faintly.
     equivariance_weight: float = 0.0
+    # The equivariance term congeals the plain G(w) of every `equivariance_every`-th image only
+    # (rows 0, k, 2k, ...): a second STN pass over a part of the batch. A stride rather than a
+    # prefix, so that a data-parallel step whose shards hold a multiple of k rows scores the same
+    # images as a single-device one.
+    equivariance_every: int = 1
     # Weight of the distance between each congealed image and its mirror image: for a left-right
     # symmetric category it pulls the congealed pose upright and centred, whatever the target.
     symmetry_weight: float = 0.0
@@ -207,10 +212,13 @@ def gangealing_objective(
     if augment is not None and settings.equivariance_weight > 0:
         if out.matrix is None:
             raise ValueError("equivariance_weight needs an STN with a similarity stage")
-        plain_out = congeal(plain)
-        rows = batch * heads  # the unmirrored rows (image, head) of out
-        poses = jnp.repeat(augment.astype(out.matrix.dtype), heads, axis=0)
-        equivariance = pose_equivariance_loss(out.matrix[:rows], plain_out.matrix, poses)
+        every = settings.equivariance_every
+        plain_out = congeal(plain[::every])
+        # The unmirrored rows (image, head) of out, of the images congealed again.
+        posed = out.matrix[: batch * heads].reshape((batch, heads) + out.matrix.shape[1:])
+        posed = posed[::every].reshape((-1,) + out.matrix.shape[1:])
+        poses = jnp.repeat(augment[::every].astype(out.matrix.dtype), heads, axis=0)
+        equivariance = pose_equivariance_loss(posed, plain_out.matrix, poses)
     symmetry = 0.0
     if settings.symmetry_weight > 0:
         congealed = out.image[: batch * heads]  # the unmirrored rows (image, head)

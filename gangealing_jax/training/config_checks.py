@@ -130,6 +130,7 @@ def check_gangealing_config(config, device_count: int | None = None) -> None:
     c.number("augment.log_scale", low=0, example=0.1)
     c.number("augment.translation", low=0, example=0.1)
     c.choice("augment.padding_mode", PADDING_MODES)
+    c.positive_int("augment.equivariance_every", 2)
     loss = c.choice("loss.name", WEIGHTED_LOSSES + WEIGHT_FREE_LOSSES)
     if loss in WEIGHTED_LOSSES:
         require_weights(c.value("loss.weights"), loss)

@@ -140,6 +140,7 @@ def settings_from_config(config):
         flow_identity_weight=config.flow_identity_weight,
         augment_padding=str(augment.get("padding_mode", "reflection")),
         equivariance_weight=float(augment.get("equivariance_weight", 0.0)),
+        equivariance_every=int(augment.get("equivariance_every", 1)),
         symmetry_weight=float(config.get("symmetry_weight", 0.0)),
         mirror_weight=float(config.get("mirror_weight", 0.0)),
         zoom_out_weight=float(config.get("zoom_out_weight", 0.0)),
