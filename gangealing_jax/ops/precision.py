@@ -15,8 +15,8 @@ the products are rounded.
 `kernels` picks between two implementations of the same convolutions and FIR filters:
 - "cpu": custom VJPs that compute the weight gradients of large and of 1x1 convolutions as
   one matrix product per kernel tap, the stride-2 transposed convolution as four phases of a
-  regular one, and FIR filters as shifted slices: on large inputs XLA:CPU's backward-filter and lhs-dilated
-  convolutions are several times slower (ops/conv.py gives the sizes).
+  regular one, and FIR filters as shifted slices: on large inputs XLA:CPU's backward-filter and
+  lhs-dilated convolutions are several times slower (ops/conv.py gives the sizes).
 - "xla": plain lax convolutions differentiated by JAX. On GPU/TPU the native convolutions are fast
   and the per-tap products would only add passes over the activations.
 - "auto": "cpu" when the default backend at trace time is the CPU, else "xla". Lowering for another
