@@ -86,7 +86,7 @@ def peak_memory() -> dict:
 
 
 def run_case(batch: int, num_devices: int, iters: int, full: bool) -> dict:
-    from gangealing_jax.training.gangealing_step import make_train_step
+    from gangealing_jax.training.gangealing_step import make_train_step, with_passes
     from gangealing_jax.training.parallel import make_mesh, replicate
 
     config = bench_config(full, batch)
@@ -117,6 +117,8 @@ def run_case(batch: int, num_devices: int, iters: int, full: bool) -> dict:
         "arch": "reference" if full else "bench_small",
         "batch": batch,
         "mesh_devices": num_devices,
+        # forward/backward passes the step takes its batch in (training/passes.py)
+        "passes_per_step": with_passes(settings, stn, mesh).grad_accum,
         "psi": round(float(metrics["psi"]), 4),
         "steps_per_s": 1.0 / per_step,  # medians over the timed steps
         "images_per_s": batch / per_step,

@@ -39,6 +39,10 @@ def get_config() -> ml_collections.ConfigDict:
         "auto"  # auto (CPU: highest, else default) | highest | high | default
     )
     c.compute.kernels = "auto"  # auto (by backend) | cpu (im2col custom VJPs) | xla (plain lax)
+    # At most this many images per device in one forward/backward pass of a step, more passes
+    # where needed (gradients averaged; the same result). 0 = auto: on CPU, passes of at most
+    # 16,384 pixels at the STN's resolution (faster there); elsewhere one pass per micro-batch.
+    c.compute.images_per_pass = 0
 
     # GANgealing hyper-parameters.
     c.inject = 5  # W+ layers [0, inject) receive the congealing vector c

@@ -1,18 +1,17 @@
-"""The GANgealing train step: sharded equals single-device, one trace, accumulation, EMA, schedules."""
+"""The GANgealing train step: sharded equals single-device, one trace, passes, EMA, schedules."""
 
+import dataclasses
 import functools
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from gangealing_jax.losses.gangealing import (
     Frozen,
     ObjectiveSettings,
-    draw_noise,
     gangealing_objective,
 )
 from gangealing_jax.losses.perceptual import multiscale_structural_distance
@@ -26,10 +25,11 @@ from gangealing_jax.training.gangealing_step import (
     init_state,
     make_optimizer,
     make_train_step,
+    step_inputs,
     train_step,
+    with_passes,
 )
 from gangealing_jax.training.parallel import make_mesh
-from gangealing_jax.training.schedules import psi_at_iteration
 from tests.tiny_models import tiny_stn_config
 
 DISTANCE = jax.tree_util.Partial(multiscale_structural_distance)
@@ -52,7 +52,7 @@ def _models(num_heads: int):
 
 
 def _setup(batch=8, grad_accum=1, num_heads=1, flips=False, augment=NO_POSES, equivariance=0.0,
-           equivariance_every=1):  # fmt: skip
+           equivariance_every=1, images_per_pass=0):  # fmt: skip
     generator, gvars, stn, stn_vars = _models(num_heads)
     stn_vars = jax.tree.map(jnp.copy, stn_vars)  # the step donates the state it is given
     d = generator.config.style_dim
@@ -71,6 +71,7 @@ def _setup(batch=8, grad_accum=1, num_heads=1, flips=False, augment=NO_POSES, eq
         ),
         batch=batch,
         grad_accum=grad_accum,
+        images_per_pass=images_per_pass,
         anneal_psi=4,
         augment=augment,
     )
@@ -152,48 +153,47 @@ def test_step_traces_once_follows_schedules_and_updates_everything():
     assert max(jax.tree.leaves(ema_minus)) > 0
 
 
-def test_gradient_accumulation_is_the_mean_of_micro_batch_gradients():
-    """grad_accum=2 over 4 images == the mean of the two 2-image gradients, same z and noise."""
-    accumulated, _ = _run(1, batch=4, grad_accum=2)
-    generator, stn, optimizer, settings, opt_settings, state, frozen = _setup(batch=4, grad_accum=2)
-    key = jax.random.fold_in(state.rng, 0)
-    z_key, noise_key = jax.random.split(key)
-    z = jax.random.normal(z_key, (2, 2, generator.config.style_dim))
-    noise_keys = jax.random.split(noise_key, 2)
+def test_passes_split_the_batch_without_changing_its_gradients():
+    """Two passes of 2 images (looped or scanned) give the one-pass gradients of the same 4 images:
+    z, noise and poses are drawn for the whole batch, then split."""
+    poses = PoseAugmentation(rotation_deg=20.0, log_scale=0.2, translation=0.2)
+    generator, stn, _, settings, _, state, frozen = _setup(batch=4, augment=poses)
     objective = functools.partial(
         gangealing_objective, generator=generator, stn=stn, settings=settings.objective
     )
-    psi = psi_at_iteration(1, settings.anneal_psi)
-    noises = [draw_noise(generator, noise_keys[i], 2) for i in range(2)]
 
-    @jax.jit  # one compilation for both micro-batches (op by op it takes several times longer)
-    def grads(params, frozen, z, noise):
-        return jax.grad(lambda p: objective(p, frozen, z, noise, psi, DISTANCE).total)(params)
+    def inputs(passes):
+        return step_inputs(state, generator, stn, dataclasses.replace(settings, grad_accum=passes))
 
-    mean_grads = jax.tree.map(
-        lambda a, b: (a + b) / 2, *(grads(state.params, frozen, z[i], noises[i]) for i in range(2))
-    )
-    expected = jax.jit(lambda g, s, p: optax.apply_updates(p, optimizer.update(g, s, p)[0]))(
-        mean_grads, state.opt_state, state.params
-    )
-    _assert_trees_close(
-        jax.device_get(expected), jax.device_get(accumulated.params), rtol=1e-4, atol=1e-7
-    )
+    one_pass, two_passes = inputs(1), inputs(2)
+    for a, b in zip(jax.tree.leaves(one_pass), jax.tree.leaves(two_passes), strict=True):
+        np.testing.assert_array_equal(np.reshape(a, np.shape(b)), b)
 
-    # The unrolled loop (what the step uses for few micro-batches) equals the scan.
-    stacked_noise = jax.tree.map(lambda *n: jnp.stack(n), *noises)
-
-    def per_device(loop_max):
+    def gradients(drawn, loop_max):
         fn = functools.partial(
             _per_device_gradients, objective=objective, axis_name=None, loop_max=loop_max
         )
-        return jax.jit(fn)(state.params, frozen, DISTANCE, z, stacked_noise, psi, None)
+        return jax.device_get(jax.jit(fn)(state.params, frozen, DISTANCE, *drawn))
 
-    looped, scanned = per_device(8), per_device(0)
-    _assert_trees_close(jax.device_get(looped), jax.device_get(scanned), rtol=1e-5, atol=1e-7)
-    # Against the micro-batch gradients taken one by one: rounding differs by ~1e-6 on entries
-    # of ~1e-1.
-    _assert_trees_close(jax.device_get(looped[0]), jax.device_get(mean_grads), rtol=1e-4, atol=5e-6)
+    whole = gradients(one_pass, 8)
+    looped, scanned = gradients(two_passes, 8), gradients(two_passes, 0)
+    _assert_trees_close(looped, scanned, rtol=1e-5, atol=1e-7)
+    # Summed in another order: rounding differs by ~1e-6 on entries of ~1e-1.
+    _assert_trees_close(looped, whole, rtol=1e-4, atol=5e-6)
+    assert max(abs(x).max() for x in jax.tree.leaves(whole[0])) > 1e-3
+
+
+def test_make_train_step_takes_the_configured_passes():
+    generator, stn, optimizer, settings, opt_settings, state, frozen = _setup(batch=4)
+    assert with_passes(settings, stn, None).grad_accum == 1  # 16x16 images: one pass on CPU
+    split = dataclasses.replace(settings, images_per_pass=1)
+    assert with_passes(split, stn, make_mesh(jax.devices()[:2])).grad_accum == 2
+    one_pass, _ = _run(1, batch=4)
+    four_passes, _ = _run(1, batch=4, images_per_pass=1)
+    # Adam's first update is about lr * sign(gradient): equal signs, equal parameters.
+    _assert_trees_close(
+        jax.device_get(one_pass.params), jax.device_get(four_passes.params), rtol=1e-4, atol=1e-7
+    )
 
 
 def test_clusters_with_flips_step():

@@ -91,6 +91,7 @@ def _check_compute(c: _Checker) -> None:
     c.choice("compute.dtype", tuple(precision.DTYPES))
     c.choice("compute.matmul_precision", ("auto", *precision.PRECISIONS))
     c.choice("compute.kernels", precision.KERNELS)
+    c.number("compute.images_per_pass", low=0, integer=True, example=4)
 
 
 def check_gangealing_config(config, device_count: int | None = None) -> None:

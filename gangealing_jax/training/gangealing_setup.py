@@ -150,6 +150,7 @@ def settings_from_config(config):
         objective,
         batch=config.batch,
         grad_accum=config.grad_accum,
+        images_per_pass=int((config.get("compute") or {}).get("images_per_pass", 0)),
         anneal_psi=config.anneal_psi,
         anneal_fn=config.anneal_fn,
         ema_decay=config.ema_decay,

@@ -4,7 +4,7 @@ One optax optimizer updates one pytree `{'stn': ..., 'congealing': ...}`: Adam(0
 with separate learning rates, both held while psi anneals and then following decaying cosine warm
 restarts. Gradient accumulation runs inside the step (a loop, or a scan for many micro-batches),
 so one call is one reference iteration: schedules, EMA and checkpoints count iterations, whatever
-the device memory.
+the device memory. How many passes a step takes (training/passes.py) does not change its result.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from gangealing_jax.training.augment import PoseAugmentation, random_poses
 from gangealing_jax.training.collapse import KEYS as COLLAPSE_KEYS
 from gangealing_jax.training.collapse import warp_statistics
 from gangealing_jax.training.parallel import DATA_AXIS, replicated
+from gangealing_jax.training.passes import passes_per_step
 from gangealing_jax.training.schedules import make_lr_schedule, psi_at_iteration
 
 
@@ -49,7 +50,8 @@ class GANgealingState(flax.struct.PyTreeNode):
 class StepSettings:
     objective: ObjectiveSettings
     batch: int  # global images per optimizer step
-    grad_accum: int = 1  # micro-batches per step
+    grad_accum: int = 1  # forward/backward passes per step (make_train_step may add more)
+    images_per_pass: int = 0  # per device; 0 = automatic (training/passes.py)
     anneal_psi: int = 150_000
     anneal_fn: str = "cosine"
     ema_decay: float = 0.5 ** (32 / 10_000)
@@ -184,9 +186,12 @@ def step_inputs(state: GANgealingState, generator: Generator, stn: STN, settings
     accum = settings.grad_accum
     micro = settings.batch // accum
     heads = stn.config.num_heads
+    # Drawn for the whole batch, then split into passes: the pass count changes no sample. (A
+    # normal or uniform draw of shape (accum, micro, ...) is that of (batch, ...), reshaped.)
     z = jax.random.normal(z_key, (accum, micro, generator.config.style_dim))
-    noise_keys = jax.random.split(noise_key, accum)
-    noise = jax.vmap(lambda k: draw_noise(generator, k, micro, heads))(noise_keys)
+    # The first key of a one-way split: the key one-pass steps have always drawn noise from.
+    noise = draw_noise(generator, jax.random.split(noise_key, 1)[0], settings.batch, heads)
+    noise = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), noise)
     psi = psi_at_iteration(state.step + 1, settings.anneal_psi, settings.anneal_fn)
     augment = None
     if settings.augment.enabled:
@@ -252,6 +257,22 @@ def train_step(
     return new_state, metrics
 
 
+def with_passes(settings: StepSettings, stn: STN, mesh: Mesh | None) -> StepSettings:
+    """`settings` with grad_accum raised to the passes the step takes on `mesh`'s devices."""
+    devices = jax.devices()[:1] if mesh is None else list(mesh.devices.flat)
+    objective = settings.objective
+    passes = passes_per_step(
+        batch=settings.batch,
+        grad_accum=settings.grad_accum,
+        devices=len(devices),
+        flow_size=stn.config.flow_size,
+        images_per_pass=settings.images_per_pass,
+        platform=devices[0].platform,
+        multiple_of=objective.equivariance_every if objective.equivariance_weight else 1,
+    )
+    return dataclasses.replace(settings, grad_accum=passes)
+
+
 def make_train_step(
     generator: Generator,
     stn: STN,
@@ -263,6 +284,7 @@ def make_train_step(
     """The jitted step `(state, frozen, distance) -> (state, metrics)`; the state is donated.
 
     With a mesh, each micro-batch is split over its 'data' axis and everything else replicated.
+    The passes per step follow `settings.images_per_pass` (see training/passes.py).
     """
     if settings.batch % settings.grad_accum:
         raise ConfigError(
@@ -278,6 +300,7 @@ def make_train_step(
             )
         rep = replicated(mesh)
         shardings = dict(in_shardings=rep, out_shardings=rep)
+    settings = with_passes(settings, stn, mesh)
 
     def step(state, frozen, distance):
         return train_step(
