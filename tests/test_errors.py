@@ -150,6 +150,7 @@ def _with(config, **fields):
         ({"num_devices": 2}, 1, "--config.num_devices=2: only 1 devices are present; use 0"),
         ({"iters": 0}, 1, "--config.iters=0: must be >= 1"),
         ({"stn_lr": -1e-3}, 1, "--config.stn_lr=-0.001: must be > 0"),
+        ({"compute__images_per_pass": -1}, 1, "--config.compute.images_per_pass=-1: must be >= 0"),
         ({"stn__padding_mode": "mirror"}, 1, "--config.stn.padding_mode='mirror': unknown name; "
                                              "choose one of zeros, border, reflection"),
         ({"loss__name": "l2"}, 1, "--config.loss.name='l2': unknown name; choose one of lpips"),
